@@ -1,0 +1,167 @@
+"""Typed configurations: dataclass schemas + OmegaConf, YAML files and ``a.b=value`` overrides.
+
+Every config in hpasc is a dataclass. :func:`load_config` reads a YAML file into it, applies
+command-line overrides converted to each field's type, and rejects unknown keys with the closest
+valid names. :func:`dump_config` writes the resolved config back to YAML (runs keep it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hpasc.errors import ConfigError
+
+T = TypeVar("T")
+
+_NONE_WORDS = {"none", "null", "~"}
+
+
+def _field_types(schema: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass inside ``tp`` (``X``, ``X | None``, ``Optional[X]``), if any."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    listing = ", ".join(sorted(valid))
+    return ConfigError(f"unknown config key '{key}'{where}{hint} (valid here: {listing})")
+
+
+def check_keys(schema: type, data: Any, prefix: str = "", where: str = "") -> None:
+    """Raise :class:`ConfigError` for any key of ``data`` that ``schema`` does not define."""
+    if not isinstance(data, dict):
+        return
+    types = _field_types(schema)
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in types:
+            raise _unknown_key(path, list(types), where)
+        sub = _dataclass_of(types[key])
+        if sub is not None:
+            check_keys(sub, value, prefix=f"{path}.", where=where)
+
+
+def _resolve_path(schema: type, dotted: str) -> None:
+    """Check that ``dotted`` names a field of ``schema`` (walking nested dataclasses)."""
+    current: type | None = schema
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if current is None:
+            return  # inside a free-form mapping: anything goes
+        types = _field_types(current)
+        if part not in types:
+            raise _unknown_key(".".join(parts[: i + 1]), list(types), " in override")
+        sub = _dataclass_of(types[part])
+        if sub is None and i < len(parts) - 1:
+            # a mapping field (e.g. transform kwargs) accepts nested keys
+            origin = typing.get_origin(types[part]) or types[part]
+            if origin not in (dict, typing.Dict, Any) and not _is_mapping(types[part]):
+                raise ConfigError(f"config key '{'.'.join(parts[: i + 1])}' has no sub-keys")
+            return
+        current = sub
+
+
+def _is_mapping(tp: Any) -> bool:
+    return any(typing.get_origin(a) is dict or a is dict for a in (tp, *typing.get_args(tp)))
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value: YAML scalars and lists; ``None``/``null``/``~`` mean None."""
+    if text.strip().lower() in _NONE_WORDS:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Split ``a.b=value`` strings (only on the first ``=``: values may contain ``=``)."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. optim.lr=0.001)")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        out.append((key, parse_value(value)))
+    return out
+
+
+def from_dict(schema: type[T], data: dict[str, Any] | None, overrides: list[str] = (), source: str = "") -> T:
+    """Build a ``schema`` instance from a plain dict plus ``a.b=value`` overrides."""
+    where = f" in {source}" if source else ""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config{where} must be a mapping of keys to values, got {type(data).__name__}")
+    check_keys(schema, data, where=where)
+    try:
+        cfg: DictConfig = OmegaConf.structured(schema)
+        cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
+        for key, value in parse_overrides(list(overrides)):
+            _resolve_path(schema, key)
+            OmegaConf.update(cfg, key, value, merge=False)
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        msg = str(exc).splitlines()[0]
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(f"bad config value{where}" + (f" for '{key}'" if key else "") + f": {msg}") from exc
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """Load a YAML file (or only defaults when ``path`` is None) into ``schema``, then apply overrides.
+
+    Examples
+    --------
+    >>> cfg = load_config(TrainConfig, "configs/image-level/tiny.yaml", ["optim.lr=3e-4"])
+    """
+    data: dict[str, Any] = {}
+    source = ""
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    return from_dict(schema, data, overrides, source=source)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain Python types (for YAML, JSON, fingerprints)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def dump_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(path)

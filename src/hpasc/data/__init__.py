@@ -1,0 +1,1 @@
+"""Datasets, folds, transforms."""

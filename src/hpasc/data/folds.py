@@ -1,0 +1,48 @@
+"""Multilabel-stratified folds, as the reference: ``MultilabelStratifiedKFold(shuffle=True)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hpasc.classes import LabelTable
+from hpasc.errors import InputError
+
+
+def make_folds(labels: LabelTable, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Assign every field a fold in ``0..n_folds-1``; same seed, same folds.
+
+    Returns a frame ``ID,fold`` in the label table's order.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    if len(labels) < n_folds:
+        raise InputError(f"{labels.source or 'label table'}: {len(labels)} fields cannot fill {n_folds} folds")
+    folds = np.full(len(labels), -1, dtype=np.int64)
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, valid) in enumerate(splitter.split(np.zeros(len(labels)), labels.y)):
+        folds[valid] = k
+    return pd.DataFrame({"ID": labels.ids, "fold": folds})
+
+
+def read_folds(path: str | Path) -> pd.DataFrame:
+    """Read a ``ID,fold`` table."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"fold table not found: {path} (make one with `hpasc folds LABELS -o {path}`)")
+    df = pd.read_csv(path, dtype={"ID": str})
+    if not {"ID", "fold"} <= set(df.columns):
+        raise InputError(f"{path}: expected columns 'ID,fold'")
+    return df
+
+
+def write_folds(folds: pd.DataFrame, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    folds.to_csv(tmp, index=False)
+    tmp.replace(path)
