@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -86,7 +87,7 @@ def test_failure_names_step_and_log(tmp_path):
     ) as e:
         run_recipe(r, echo=lambda s: None)
     log = str(e.value).split("log: ")[1].rstrip(")")
-    assert "RuntimeError: boom" in open(log).read()
+    assert "RuntimeError: boom" in Path(log).read_text()
     assert not (tmp_path / "w/x/.hpasc-done.json").exists()
 
 

@@ -264,9 +264,9 @@ def fingerprint(recipe: Recipe, task: Task, params: dict[str, Any]) -> str:
     inputs = {}
     for v in _strings(params):
         p = Path(v)
-        if p.is_absolute() or (recipe.data / v).exists() or p.exists():
-            if recipe.work.resolve() not in p.resolve().parents and p.exists():
-                inputs[v] = _path_signature(p)
+        # inputs from outside the work folder: their content may change between runs
+        if p.exists() and recipe.work.resolve() not in p.resolve().parents:
+            inputs[v] = _path_signature(p)
     parts["inputs"] = inputs
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
