@@ -34,6 +34,7 @@ from skimage.measure import label as connected_label
 from skimage.morphology import disk
 from skimage.segmentation import watershed
 
+from hpasc.segment.base import SegmentationResult, resize_labels
 from hpasc.segment.morphology import remove_small_labels
 
 
@@ -143,6 +144,20 @@ def label_cell(
     nuclei = np.where(nuclei > 0, cells, 0)
     dtype = np.uint16 if cells.max(initial=0) <= np.iinfo(np.uint16).max else np.int32
     return nuclei.astype(dtype), cells.astype(dtype)
+
+
+def label_cell_at_shape(
+    nuclei_pred: np.ndarray,
+    cell_pred: np.ndarray,
+    shape: tuple[int, int],
+    scale: float,
+    options: dict | None = None,
+) -> SegmentationResult:
+    """:func:`label_cell` at ``scale``, label maps resized to ``shape`` (nearest neighbour)."""
+    nuclei, cells = label_cell(nuclei_pred, cell_pred, scale, **(options or {}))
+    return SegmentationResult(
+        cells=resize_labels(cells, shape), nuclei=resize_labels(nuclei, shape)
+    )
 
 
 def _check_pred(pred: np.ndarray, name: str) -> np.ndarray:
