@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -157,7 +158,7 @@ def cell_table(
         Written to the ``image_id`` column.
     orig_shape : (H0, W0), optional
         Size of the original field: adds ``*_orig`` columns scaled from mask resolution
-        (area × H0·W0 / (H·W); bbox and centroid × H0/H, W0/W).
+        (area × H0·W0 / (H·W); bbox edges × H0/H, W0/W; centroids as pixel centres).
     orig_mask : ndarray (H0, W0), optional
         The mask at original resolution: ``*_orig`` columns are measured on it (exact); a cell
         absent there gets NaN.
@@ -200,10 +201,12 @@ def _table_records(
                     rec[f"{name}_orig"][row] = ogeo[where[k], j]
     elif orig_shape is not None:
         fy, fx = orig_shape[0] / h, orig_shape[1] / w
-        scale = {"area": fy * fx, "bbox_y0": fy, "bbox_y1": fy, "centroid_y": fy}
-        scale.update(bbox_x0=fx, bbox_x1=fx, centroid_x=fx)
-        for name in _GEOMETRY:
-            rec[f"{name}_orig"] = rec[name] * scale[name]
+        rec["area_orig"] = rec["area"] * (fy * fx)
+        for axis, f in (("y", fy), ("x", fx)):
+            rec[f"bbox_{axis}0_orig"] = rec[f"bbox_{axis}0"] * f  # edges scale as they are
+            rec[f"bbox_{axis}1_orig"] = rec[f"bbox_{axis}1"] * f
+            # pixel centres: x at mask scale covers [x, x+1), centre x + 0.5
+            rec[f"centroid_{axis}_orig"] = (rec[f"centroid_{axis}"] + 0.5) * f - 0.5
     return rec
 
 
@@ -329,8 +332,15 @@ def encode_crops(crops: np.ndarray, cell_ids: np.ndarray, cells: np.ndarray | No
     arrays = {"crops": crops, "cell_ids": np.asarray(cell_ids, dtype=np.int32)}
     if cells is not None:
         arrays["cells"] = cells
+    # np.savez_compressed stamps entries with the current time; a fixed stamp makes the same
+    # crops give the same bytes (reproducible, comparable outputs).
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, array in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
 
 
