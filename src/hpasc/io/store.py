@@ -510,17 +510,15 @@ class _ZipBackend:
         for name in self._names():
             if not name.startswith(start):
                 continue
-            rel = name[len(start) :]
-            if not recursive and "/" in rel:
-                continue
             try:
                 ok = clean_name(name) == name
             except InputError:
                 ok = False
-            if ok:
-                out.append(rel)
-            else:
+            rel = name[len(start) :]
+            if not ok:
                 unsafe += 1
+            elif recursive or "/" not in rel:
+                out.append(rel)
         if unsafe:
             warnings.warn(
                 f"{self.archive}: skipped {unsafe} entries with unsafe names (zip-slip)",
