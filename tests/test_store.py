@@ -280,9 +280,7 @@ def test_processes_read_one_zip_concurrently(tmp_path, method):
     with mp.get_context(method).Pool(2) as pool:
         results = pool.map(_digest_entries, jobs, chunksize=1)
     for (_, job_names), (_, digests) in zip(jobs, results, strict=True):
-        assert dict(zip(job_names, digests, strict=True)) == dict(
-            zip(names, expected, strict=True)
-        )
+        assert dict(zip(job_names, digests, strict=True)) == dict(zip(names, expected, strict=True))
     assert s.read_bytes("e005.bin") == payload["e005.bin"]
 
 
