@@ -140,7 +140,8 @@ class _AtomicWriter(io.RawIOBase):
             self.discard()
 
     def __del__(self) -> None:
-        self.discard()
+        if hasattr(self, "_done"):
+            self.discard()
 
 
 def _spooled_writer(commit: Callable[[IO[bytes]], None]) -> _AtomicWriter:
@@ -489,8 +490,6 @@ class _ZipBackend:
             )
 
     def _reader(self) -> zipfile.ZipFile | None:
-        if self.archive.is_dir():
-            raise InputError(f"{self.archive} is a folder, not a zip archive")
         return _zip_reader(self.archive)
 
     def _names(self) -> list[str]:
