@@ -412,16 +412,19 @@ def test_resume_after_kill_matches_clean_run(tmp_path):
     assert resumed == _tree(tmp_path / "clean")
 
 
-def test_crop_set_failure_stops_or_is_logged(tmp_path):
+@pytest.mark.parametrize("out_name", ["out", "out.zip/x"])
+def test_crop_set_failure_stops_or_is_logged(tmp_path, out_name):
     ids = _make_set(tmp_path, n=4)
     (tmp_path / "images" / f"{ids[1]}_blue.png").write_bytes(b"\x89PNG broken")
-    args = (tmp_path / "images", tmp_path / "masks", tmp_path / "out", 32)
+    args = (tmp_path / "images", tmp_path / "masks", tmp_path / out_name, 32)
     with pytest.raises(FieldError, match=f"^field {ids[1]}: .*{ids[1]}_blue.png"):
         crop_set(*args, progress=False)
+    # What finished before the stop is kept (committed, for a zip) and skipped on resume.
+    assert list_crop_ids(tmp_path / out_name) == ids[:1]
     summary = crop_set(*args, on_error="skip", progress=False)
-    # The stopped run kept the field it finished before the failure.
     assert (summary.done, summary.skipped, summary.failed) == (2, 1, 1)
-    assert pd.read_csv(tmp_path / "out" / "errors.csv")["id"].tolist() == [ids[1]]
+    errors = pd.read_csv(io.BytesIO(Store(tmp_path / out_name).read_bytes("errors.csv")))
+    assert errors["id"].tolist() == [ids[1]]
 
 
 @pytest.mark.parametrize("workers", ["2"])

@@ -565,7 +565,7 @@ def crop_set(
     out: StoreLike,
     size: int = 192,
     *,
-    orig_masks: StoreLike = None,
+    orig_masks: StoreLike | None = None,
     workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     overwrite: bool = False,
