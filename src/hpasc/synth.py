@@ -58,7 +58,7 @@ PATTERN_CLASSES: tuple[int, ...] = (
 )
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 MIN_SIZE = 128
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # textured images barely shrink further
 
 
 @dataclass
@@ -139,7 +139,7 @@ class _Layout:
     boxes: list  # per cell id - 1: (slice_y, slice_x)
 
 
-def _place_cells(rng: np.random.Generator, size: int) -> tuple[np.ndarray, ...]:
+def _place_cells(rng: np.random.Generator, size: int) -> tuple:
     """Centres, nucleus axes, orientation and cytoplasm thickness of the cells of one field."""
     n_target = int(rng.integers(8, 26))
     cover = rng.uniform(0.55, 0.95)
@@ -380,19 +380,23 @@ def _render(rng: np.random.Generator, lay: _Layout, labels: dict[int, list[int]]
     blue = gains(0.45, 1.0)[lab] * soft * (0.8 + 0.2 * _noise(rng, shape, 2 * s))
     blue *= 1 - 0.45 * np.clip(nucleoli, 0, 1)
 
-    # red: wavy microtubules radiating from the nucleus, about 4 px apart at the cell's edge,
-    # broken into segments of varying brightness, over a finer filament mesh
+    # red: gently curved microtubules radiating from the nucleus, about 4 px apart at the cell's
+    # edge, broken into segments of varying brightness, over a faint finer mesh
     dx = np.arange(size, dtype=np.float32)[None, :] - lay.cx[lab]
     dy = np.arange(size, dtype=np.float32)[:, None] - lay.cy[lab]
     reach = np.sqrt(lay.a * lay.b) + lay.ext
-    n_fil = np.round(2 * math.pi * reach / (rng.uniform(3.5, 5.0, n + 1) * s))
+    n_fil = np.round(2 * math.pi * reach / (rng.uniform(3.5, 5.0, n + 1) * s)).astype(np.float32)
     phase = rng.random(n + 1).astype(np.float32)
-    u = n_fil.astype(np.float32)[lab] * (np.arctan2(dy, dx) / (2 * math.pi)) + phase[lab]
-    u += 1.2 * _noise(rng, shape, 12 * s)
-    radial = _ridges(u - np.round(u), 0.17) * np.clip(0.6 + 0.5 * _noise(rng, shape, 5 * s), 0, 1)
-    mesh = _ridges(_noise(rng, shape, 3.5 * s), 0.25)
-    fibres = np.maximum(radial, 0.55 * mesh)
-    red = gains(0.5, 1.0)[lab] * (0.12 + 0.88 * fibres) * np.where(nuc, 0.3, 1.0) * cell
+    u = n_fil[lab] * (np.arctan2(dy, dx) / (2 * math.pi)) + phase[lab]
+    u += 0.7 * _noise(rng, shape, 16 * s)
+    # lines closer than ~3 px (near the centre) would alias into moire: fade them out
+    spacing = np.hypot(dx, dy) * (2 * math.pi) / n_fil[lab]
+    visible = np.clip((spacing - 3) / 3, 0, 1)
+    segments = np.clip(0.6 + 0.5 * _noise(rng, shape, 6 * s), 0, 1)
+    radial = _ridges(u - np.round(u), 0.14) * segments * visible
+    mesh = _ridges(_noise(rng, shape, 3 * s), 0.2)
+    fibres = np.maximum(radial, 0.4 * mesh)
+    red = gains(0.5, 1.0)[lab] * (0.12 + 0.88 * fibres) * np.where(nuc, 0.25, 1.0) * cell
 
     # yellow: reticular ER, densest around the nucleus and continuous with its envelope
     reticulum = 0.3 + 0.7 * _ridges(_noise(rng, shape, 3 * s), 0.45)
@@ -453,7 +457,7 @@ def _render(rng: np.random.Generator, lay: _Layout, labels: dict[int, list[int]]
         blob = np.clip(1.5 * spots(AGGRESOME, band, 1, 1, sigma), 0, 1.2)
         green += blob * (0.8 + 0.2 * _noise(rng, shape, sigma)) * cell
     if has[CYTOSOL].any():
-        fill = np.where(nuc, 0.15, 1.0) * cell * (0.85 + 0.15 * _noise(rng, shape, 4 * s))
+        fill = np.where(nuc, 0.1, 0.7) * cell * (0.85 + 0.15 * _noise(rng, shape, 4 * s))
         green += masked(CYTOSOL, cv2.GaussianBlur(fill.astype(np.float32), (0, 0), 0.8 * s))
     if has[VESICLES].any():
         green += spots(VESICLES, np.where(cyto, lab, 0), 12, 35, 0.9 * s)
