@@ -19,8 +19,8 @@ from scipy import ndimage
 
 from hpasc.classes import NEGATIVE
 from hpasc.errors import OutputError
+from hpasc.io.images import CHANNELS
 from hpasc.synth import (
-    CHANNELS,
     PATTERN_CLASSES,
     field_id,
     field_rng,

@@ -25,6 +25,8 @@ from scipy import ndimage
 
 from hpasc.classes import NEGATIVE, NUM_CLASSES
 from hpasc.errors import OutputError
+from hpasc.io import images
+from hpasc.io.store import Store
 
 NUCLEOPLASM = 0
 NUCLEAR_MEMBRANE = 1
@@ -56,9 +58,7 @@ PATTERN_CLASSES: tuple[int, ...] = (
     CYTOSOL,
     VESICLES,
 )
-CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 MIN_SIZE = 128
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # textured images barely shrink further
 
 
 @dataclass
@@ -515,13 +515,6 @@ def field_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
-def _png(array: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", array, _PNG_PARAMS)
-    if not ok:
-        raise ValueError(f"PNG encoding failed for an array of shape {array.shape}")
-    return buf.tobytes()
-
-
 OUTPUT_ENTRIES = ("images", "masks", "train.csv", "solution.csv", "cells.csv")
 
 
@@ -602,13 +595,13 @@ def synthesize(
     try:
         (tmp / "images").mkdir(parents=True)
         (tmp / "masks").mkdir()
+        image_store, mask_store = Store(tmp / "images"), Store(tmp / "masks")
         for index in _progress(range(n_images), progress, f"synth {n_images} fields"):
             fid = field_id(seed, index)
             f = make_field(field_rng(seed, index), size)
             image = f.image if bit_depth == 8 else f.image.astype(np.uint16) * 257
-            for c, name in enumerate(CHANNELS):
-                (tmp / "images" / f"{fid}_{name}.png").write_bytes(_png(image[..., c]))
-            (tmp / "masks" / f"{fid}.png").write_bytes(_png(f.mask))
+            images.write_field(image_store, fid, image)
+            images.write_mask(mask_store, fid, f.mask)
             strings = encode_instance_mask(f.mask)
             pairs = [f"{k} {strings[c]}" for c, cls in f.cell_labels.items() for k in cls]
             train_rows.append(f"{fid},{'|'.join(map(str, f.image_labels))}")
