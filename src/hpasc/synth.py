@@ -527,6 +527,21 @@ def _check_output(out: Path, overwrite: bool) -> None:
         )
 
 
+def _partial_dir(out: Path) -> Path:
+    """A fresh hidden folder beside ``out`` where the set is built before it is moved in."""
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "images").mkdir(parents=True)
+        (tmp / "masks").mkdir()
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(
+            f"cannot create the output beside '{out}' ({exc.strerror}); choose a writable folder"
+        ) from exc
+    return tmp
+
+
 def _install(tmp: Path, out: Path) -> None:
     """Move the finished set into ``out``, replacing only the entries a synthetic set has."""
     if not out.exists():
@@ -584,17 +599,13 @@ def synthesize(
         raise ValueError(f"seed must be non-negative, got {seed}")
     out = Path(out)
     _check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _partial_dir(out)
     start = time.perf_counter()
-    train_rows, solution_rows, cell_rows = ["ID,Label"], [], ["image_id,cell_id,labels"]
-    solution_rows.append("ID,ImageWidth,ImageHeight,PredictionString")
+    train_rows, cell_rows = ["ID,Label"], ["image_id,cell_id,labels"]
+    solution_rows = ["ID,ImageWidth,ImageHeight,PredictionString"]
     class_counts = np.zeros(NUM_CLASSES, np.int64)
     n_cells = 0
     try:
-        (tmp / "images").mkdir(parents=True)
-        (tmp / "masks").mkdir()
         image_store, mask_store = Store(tmp / "images"), Store(tmp / "masks")
         for index in _progress(range(n_images), progress, f"synth {n_images} fields"):
             fid = field_id(seed, index)
