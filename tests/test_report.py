@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-PROB = [f"p{i:02d}" for i in range(19)]
 from hpasc.io import images as imio
 from hpasc.io.store import Store
 from hpasc.report import build_report
+
+PROB = [f"p{i:02d}" for i in range(19)]
 
 
 @pytest.fixture
