@@ -110,7 +110,9 @@ class LabelTable:
         return {k: i for i, k in enumerate(self.ids)}
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"ID": self.ids, "Label": ["|".join(map(str, lab)) for lab in self.labels]})
+        return pd.DataFrame(
+            {"ID": self.ids, "Label": ["|".join(map(str, lab)) for lab in self.labels]}
+        )
 
     def concat(self, other: LabelTable) -> LabelTable:
         dup = set(self.ids) & set(other.ids)
@@ -165,7 +167,9 @@ def read_public_hpa_labels(path: str | Path | bytes) -> LabelTable:
     df, src = _read_csv(path)
     missing = {"Image", "Label_idx"} - set(df.columns)
     if missing:
-        raise InputError(f"{src}: missing column(s) {sorted(missing)}; expected 'Image,Label_idx,in_trainset,...'")
+        raise InputError(
+            f"{src}: missing column(s) {sorted(missing)}; expected 'Image,Label_idx,in_trainset,...'"
+        )
     ids, labels = [], []
     for i, row in enumerate(df.to_dict("records")):
         if not str(row["Label_idx"]).strip():
@@ -175,7 +179,9 @@ def read_public_hpa_labels(path: str | Path | bytes) -> LabelTable:
         if "Cellline" in row and not str(row["Cellline"]).strip():
             continue
         fid = str(row["Image"]).rstrip("/").split("/")[-1]
-        labels.append(parse_label_string(row["Label_idx"], f"{src} row {i + 2} (Image {row['Image']})"))
+        labels.append(
+            parse_label_string(row["Label_idx"], f"{src} row {i + 2} (Image {row['Image']})")
+        )
         ids.append(fid)
     return LabelTable(ids, labels, src)
 

@@ -74,7 +74,7 @@ def _resolve_path(schema: type, dotted: str) -> None:
         if sub is None and i < len(parts) - 1:
             # a mapping field (e.g. transform kwargs) accepts nested keys
             origin = typing.get_origin(types[part]) or types[part]
-            if origin not in (dict, typing.Dict, Any) and not _is_mapping(types[part]):
+            if origin not in (dict, dict, Any) and not _is_mapping(types[part]):
                 raise ConfigError(f"config key '{'.'.join(parts[: i + 1])}' has no sub-keys")
             return
         current = sub
@@ -99,7 +99,9 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     out = []
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. optim.lr=0.001)")
+            raise ConfigError(
+                f"override '{item}' is not of the form key=value (e.g. optim.lr=0.001)"
+            )
         key, value = item.split("=", 1)
         key = key.strip()
         if not key:
@@ -108,12 +110,16 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def from_dict(schema: type[T], data: dict[str, Any] | None, overrides: list[str] = (), source: str = "") -> T:
+def from_dict(
+    schema: type[T], data: dict[str, Any] | None, overrides: list[str] = (), source: str = ""
+) -> T:
     """Build a ``schema`` instance from a plain dict plus ``a.b=value`` overrides."""
     where = f" in {source}" if source else ""
     data = data or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config{where} must be a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(
+            f"config{where} must be a mapping of keys to values, got {type(data).__name__}"
+        )
     check_keys(schema, data, where=where)
     try:
         cfg: DictConfig = OmegaConf.structured(schema)
@@ -125,7 +131,9 @@ def from_dict(schema: type[T], data: dict[str, Any] | None, overrides: list[str]
     except OmegaConfBaseException as exc:
         msg = str(exc).splitlines()[0]
         key = getattr(exc, "full_key", None)
-        raise ConfigError(f"bad config value{where}" + (f" for '{key}'" if key else "") + f": {msg}") from exc
+        raise ConfigError(
+            f"bad config value{where}" + (f" for '{key}'" if key else "") + f": {msg}"
+        ) from exc
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:

@@ -8,7 +8,9 @@ import typer
 
 
 def folds(
-    labels: Path = typer.Argument(..., help="Label table: Kaggle train.csv (ID,Label) or public-HPA table."),
+    labels: Path = typer.Argument(
+        ..., help="Label table: Kaggle train.csv (ID,Label) or public-HPA table."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the ID,fold CSV."),
     n_folds: int = typer.Option(5, "--n-folds", min=2, help="Number of folds."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same folds)."),

@@ -21,7 +21,9 @@ def make_folds(labels: LabelTable, n_folds: int = 5, seed: int = 0) -> pd.DataFr
     if n_folds < 2:
         raise ValueError(f"n_folds must be >= 2, got {n_folds}")
     if len(labels) < n_folds:
-        raise InputError(f"{labels.source or 'label table'}: {len(labels)} fields cannot fill {n_folds} folds")
+        raise InputError(
+            f"{labels.source or 'label table'}: {len(labels)} fields cannot fill {n_folds} folds"
+        )
     folds = np.full(len(labels), -1, dtype=np.int64)
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, valid) in enumerate(splitter.split(np.zeros(len(labels)), labels.y)):
@@ -33,7 +35,9 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     """Read a ``ID,fold`` table."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"fold table not found: {path} (make one with `hpasc folds LABELS -o {path}`)")
+        raise InputError(
+            f"fold table not found: {path} (make one with `hpasc folds LABELS -o {path}`)"
+        )
     df = pd.read_csv(path, dtype={"ID": str})
     if not {"ID", "fold"} <= set(df.columns):
         raise InputError(f"{path}: expected columns 'ID,fold'")
