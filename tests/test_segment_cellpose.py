@@ -44,7 +44,7 @@ def test_cellpose_output_maps_to_the_interface(monkeypatch):
     image[40:200, 40:200, 0] = 200  # cell 1
     image[80:160, 80:160, 2] = 220  # its nucleus
     image[240:380, 300:560, 3] = 180  # cell 2, ER only, no nucleus
-    segmenter = get_segmenter("cellpose", diameter=400.0, gpu=False)
+    segmenter = get_segmenter("cellpose", diameter=400.0, working_size=150, gpu=False)
     result = segmenter.segment(image)
     shape, dtype, diameter, channels = _FakeModel.calls[-1]
     assert shape == (100, 150, 3) and dtype == np.float32  # a quarter of the side

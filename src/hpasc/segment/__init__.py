@@ -14,8 +14,8 @@ import importlib
 
 from hpasc.segment.base import SegmentationResult, Segmenter
 
-#: name -> "module:class" of every segmenter.
-SEGMENTERS: dict[str, str] = {
+#: name -> "module:class" of every segmenter (a class object is accepted too).
+SEGMENTERS: dict[str, str | type[Segmenter]] = {
     "classical": "hpasc.segment.classical:ClassicalSegmenter",
     "hpa-unet": "hpasc.segment.hpa_unet:HpaUnetSegmenter",
     "cellpose": "hpasc.segment.cellpose:CellposeSegmenter",
@@ -24,17 +24,30 @@ SEGMENTERS: dict[str, str] = {
 DEFAULT_SEGMENTER = "classical"
 
 
-def get_segmenter(name: str = DEFAULT_SEGMENTER, **options: object) -> Segmenter:
-    """Build the segmenter called ``name`` (one of :data:`SEGMENTERS`) with its options."""
+def segmenter_class(name: str) -> type[Segmenter]:
+    """The class of the segmenter called ``name`` (imports its module)."""
     try:
         target = SEGMENTERS[name]
     except KeyError:
         raise ValueError(
             f"unknown segmenter {name!r}; choose one of {sorted(SEGMENTERS)}"
         ) from None
+    if isinstance(target, type):
+        return target
     module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**options)
+    return getattr(importlib.import_module(module_name), class_name)
 
 
-__all__ = ["DEFAULT_SEGMENTER", "SEGMENTERS", "SegmentationResult", "Segmenter", "get_segmenter"]
+def get_segmenter(name: str = DEFAULT_SEGMENTER, **options: object) -> Segmenter:
+    """Build the segmenter called ``name`` (one of :data:`SEGMENTERS`) with its options."""
+    return segmenter_class(name)(**options)
+
+
+__all__ = [
+    "DEFAULT_SEGMENTER",
+    "SEGMENTERS",
+    "SegmentationResult",
+    "Segmenter",
+    "get_segmenter",
+    "segmenter_class",
+]

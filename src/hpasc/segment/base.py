@@ -35,6 +35,8 @@ class Segmenter:
     """
 
     name = "base"
+    #: True when fields should be handed over in batches (a network in the calling process).
+    batched = False
 
     def segment(self, image: np.ndarray) -> SegmentationResult:
         """Segment one field."""
@@ -43,6 +45,9 @@ class Segmenter:
     def segment_batch(self, images: Sequence[np.ndarray]) -> list[SegmentationResult]:
         """Segment several fields (one after another unless the method batches)."""
         return [self.segment(image) for image in images]
+
+    def close(self) -> None:
+        """Release workers or devices the segmenter holds (nothing by default)."""
 
 
 def check_image(image: np.ndarray) -> np.ndarray:

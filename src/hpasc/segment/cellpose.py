@@ -24,7 +24,7 @@ from hpasc.segment.base import (
     resize_labels,
     to_unit_float,
 )
-from hpasc.segment.classical import DEFAULT_WORKING_FACTOR, ClassicalParams, find_nuclei
+from hpasc.segment.classical import ClassicalParams, default_working_size, find_nuclei
 from hpasc.segment.morphology import relabel_sequential
 
 
@@ -48,7 +48,8 @@ class CellposeSegmenter(Segmenter):
     diameter : float, optional
         Typical cell diameter in pixels of a 2048-px field; default: Cellpose estimates it.
     working_size : int, optional
-        Longer side Cellpose works at; default a quarter of the input side.
+        Longer side Cellpose works at; default as the classical segmenter (a quarter of the
+        input side, at least 512 px).
     gpu : bool, optional
         Use the GPU; default when torch sees CUDA.
     """
@@ -75,7 +76,7 @@ class CellposeSegmenter(Segmenter):
         image = check_image(image)
         height, width = image.shape[:2]
         side = max(height, width)
-        working = self.working_size or max(1, round(side * DEFAULT_WORKING_FACTOR))
+        working = self.working_size or default_working_size(side)
         factor = min(1.0, working / side)
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
 

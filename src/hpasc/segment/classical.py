@@ -31,8 +31,16 @@ from hpasc.segment.morphology import (
     remove_small_labels,
 )
 
-#: Working side as a fraction of the input side when no working size is given (2048 -> 512).
+#: Working side as a fraction of the input side when no working size is given (2048 -> 512) ...
 DEFAULT_WORKING_FACTOR = 0.25
+#: ... but never below this many pixels (small fields are worked on at full size up to it).
+MIN_WORKING_SIDE = 512
+
+
+def default_working_size(side: int) -> int:
+    """Working side for an input whose longer side is ``side``: a quarter of it, at least 512
+    (or the whole side when smaller)."""
+    return min(side, max(MIN_WORKING_SIDE, round(side * DEFAULT_WORKING_FACTOR)))
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,11 @@ class ClassicalParams:
     cell_sigma : Gaussian smoothing of red + yellow.
     cell_threshold : multiple of the Otsu threshold of the smoothed red + yellow signal.
     cell_min_area : cells smaller than this are dropped (HPA's ``label_cell`` uses 5500).
+    cell_hole_area : holes in the cell foreground smaller than this are filled; larger ones are
+        gaps between cells and stay background.
+    distance_weight : pull of the border between touching cells towards midway between their
+        nuclei: elevation added per 100 px of distance from the nearest nucleus, in units of the
+        foreground (Otsu) level. 0 puts borders in the dimmest valley only.
     """
 
     nucleus_sigma: float = 6.0
@@ -63,7 +76,7 @@ class ClassicalParams:
     cell_threshold: float = 0.5
     cell_min_area: float = 5500.0
     cell_hole_area: float = 2500.0
-    distance_weight: float = 0.3
+    distance_weight: float = 0.6
 
 
 def segment_classical(
@@ -81,7 +94,8 @@ def segment_classical(
         Channels red (microtubules), green (protein, unused), blue (nucleus), yellow (ER).
     working_size : int, optional
         Longer side, in pixels, of the copy the work happens on. Default: a quarter of the
-        input's longer side (512 for 2048). Never larger than the input.
+        input's longer side (512 for 2048, 768 for 3072) but at least 512 px, so small fields
+        keep enough detail. Never larger than the input.
     input_scale : float, optional
         Resolution of the input relative to a whole 2048-px HPA field. Default: the longer side
         over 2048, i.e. the image is taken to be a whole field at any resolution (a 768-px
@@ -109,7 +123,7 @@ def segment_classical(
     height, width = image.shape[:2]
     side = max(height, width)
     if working_size is None:
-        working_size = max(1, round(side * DEFAULT_WORKING_FACTOR))
+        working_size = default_working_size(side)
     if working_size <= 0:
         raise ValueError(f"working_size must be positive, got {working_size}")
     factor = min(1.0, working_size / side)

@@ -171,6 +171,7 @@ class HpaUnetSegmenter(Segmenter):
     """
 
     name = "hpa-unet"
+    batched = True
 
     def __init__(
         self,
