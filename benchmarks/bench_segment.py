@@ -11,9 +11,6 @@ that baseline. One run, prints a table; ``--quick`` times fewer repeats.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +27,7 @@ from hpasc.segment.evaluate import match_f1
 from hpasc.segment.hpa_unet import restore_maps
 from hpasc.segment.label_cell import label_cell
 from hpasc.synth import make_field
+from machine import cpu_description
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/hpa-real/kaggle-train"
 KAGGLE_ID = "5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0"
@@ -67,19 +65,6 @@ def probability_maps(mask: np.ndarray, blue: np.ndarray, side: int = 512) -> tup
         return np.stack([1 - np.maximum(fg, edge), edge, fg]).astype(np.float32)
 
     return softmax_like(nucleus, np.zeros_like(nucleus)), softmax_like(body, border)
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in out.splitlines()
-            if line.startswith("Model name")
-        )
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def main() -> None:
@@ -131,7 +116,7 @@ def main() -> None:
     rows.append((f"classical, synthetic field 2048² (F1 {f1_synth:.3f} vs truth)", t_synth, ""))
 
     print(
-        f"machine: {_cpu()}; torch {torch.__version__}, OpenCV {cv2.__version__}; one thread "
+        f"machine: {cpu_description()}; torch {torch.__version__}, OpenCV {cv2.__version__}; one thread "
         f"(torch.set_num_threads(1), cv2.setNumThreads(1)); best of {repeats} (forward: 1 run)"
     )
     width = max(len(r[0]) for r in rows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from enum import StrEnum
 from pathlib import Path
 
@@ -109,10 +108,10 @@ def segment(
         on_error=on_error,
         options=options,
     )
-    typer.echo(f"{output}: {summary}")
-    if summary.failed:
-        typer.echo(f"{summary.failed} field(s) failed; see {output}/errors.csv", err=True)
-        sys.exit(1)
+    # The data verbs report alike: counts, and exit 1 when fields failed (--on-error skip).
+    from hpasc.commands.prepare import _report
+
+    _report(output, summary)
 
 
 def download(
