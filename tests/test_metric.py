@@ -227,3 +227,101 @@ def test_runs_box_and_box_iou():
     a = np.array([[0.0, 0.0, 0.5, 0.5]])
     b = np.array([[0.25, 0.25, 0.75, 0.75], [0.0, 0.0, 0.5, 0.5]])
     np.testing.assert_allclose(box_iou(a, b), [[0.0625 / 0.4375, 1.0]])
+
+
+# --------------------------------------------------------------------------- brute-force oracle
+
+
+def naive_map(solution, submission, threshold, mode):
+    """The rules of the module docstring on dense masks, written as plainly as possible."""
+
+    def iou_of(d, g):
+        if mode == "mask":
+            union = (d | g).sum()
+            return (d & g).sum() / union if union else 0.0
+        boxes = []
+        for m in (d, g):
+            ys, xs = np.nonzero(m)
+            boxes.append(
+                [ys.min() / H, xs.min() / W, (ys.max() + 1) / H, (xs.max() + 1) / W]
+                if ys.size
+                else [0.0] * 4
+            )
+        return box_iou(np.array(boxes[0]), np.array(boxes[1]))[0, 0]
+
+    truth = {i: [(c, m) for c, m in items if not isinstance(m, str)] for i, items in solution}
+    n_gt = {}
+    for items in truth.values():
+        for c, m in items:
+            if mode == "box" or m.any():
+                n_gt[c] = n_gt.get(c, 0) + 1
+    dets = {}
+    for image_id, items in submission:
+        dets.setdefault(image_id, []).extend(items)
+    pooled = {}
+    for image_id, items in dets.items():
+        gt = truth.get(image_id, [])
+        classes = {c for c, _ in gt}
+        for c in sorted(classes):
+            mine = [(s, m) for k, s, m in items if k == c and s > -10 and m.any()]
+            mine = sorted(mine, key=lambda t: -t[0])[:10_000]  # Python's sort is stable
+            cells = [m for k, m in gt if k == c and (mode == "box" or m.any())]
+            taken = [False] * len(cells)
+            for s, m in mine:
+                ious = [iou_of(m, g) for g in cells]
+                hit = False
+                if ious:
+                    j = int(np.argmax(ious))
+                    if ious[j] >= threshold and not taken[j]:
+                        taken[j] = hit = True
+                pooled.setdefault(c, []).append((s, hit))
+    aps = []
+    for c, count in n_gt.items():
+        ranked = sorted(pooled.get(c, []), key=lambda t: -t[0])
+        tp = fp = 0
+        points = []
+        for _, hit in ranked:
+            tp, fp = tp + hit, fp + (not hit)
+            points.append((tp / count, tp / (tp + fp)))
+        ap, prev = 0.0, 0.0
+        for k, (r, _) in enumerate(points):
+            if r > prev:
+                ap += (r - prev) * max(p for _, p in points[k:])
+                prev = r
+        aps.append(ap)
+    return float(np.mean(aps))
+
+
+def random_case(rng):
+    n_fields = int(rng.integers(1, 5))
+    solution, submission = [], []
+    for f in range(n_fields):
+        labels = np.zeros((H, W), int)
+        for k in range(1, 6):
+            y, x = rng.integers(0, H - 2, 2)
+            labels[y : y + rng.integers(2, 5), x : x + rng.integers(2, 5)] = k
+        cells = [labels == k for k in range(1, 6) if (labels == k).any()]
+        gt = [(int(c), m) for m in cells for c in rng.choice(4, rng.integers(1, 3), replace=False)]
+        if rng.random() < 0.2:
+            gt.append((int(rng.integers(4)), np.zeros((H, W), bool)))
+        solution.append((f"f{f}", gt))
+        items = []
+        for m in cells + [rng.random((H, W)) < 0.1]:
+            shaken = m.copy()
+            shaken[rng.random((H, W)) < 0.1] ^= True
+            for c in range(4):
+                items.append((c, float(rng.integers(0, 5)) / 4, shaken if rng.random() < 0.5 else m))
+        order = rng.permutation(len(items))
+        submission.append((f"f{f}", [items[i] for i in order]))
+    return solution, submission
+
+
+@pytest.mark.parametrize("mode", ["mask", "box"])
+def test_metric_matches_brute_force_on_random_cases(mode):
+    rng = np.random.default_rng(7)
+    for _ in range(25):
+        solution, submission = random_case(rng)
+        threshold = float(rng.choice([0.3, 0.5, 0.6]))
+        expected = naive_map(solution, submission, threshold, mode)
+        got = score(solution, submission, iou=threshold, mode=mode).map
+        assert got == pytest.approx(expected, abs=1e-12)
