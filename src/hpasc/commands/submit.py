@@ -110,7 +110,8 @@ def check(
         None, "--masks", help="Original-size masks: check IDs and sizes against them too."
     ),
 ) -> None:
-    """Check a submission file; list each problem with its row; exit 1 when there are any."""
+    """Check a submission file; list each problem with its row; exit non-zero when any."""
+    from hpasc.errors import InputError
     from hpasc.submission import check_submission
 
     problems = check_submission(csv_path, masks=masks)
@@ -121,8 +122,8 @@ def check(
         typer.echo(f"{csv_path}: {p}")
     if len(problems) > _SHOWN_PROBLEMS:
         typer.echo(f"... and {len(problems) - _SHOWN_PROBLEMS} more")
-    typer.echo(f"{len(problems)} problems", err=True)
-    raise typer.Exit(1)
+    plural = "s" if len(problems) != 1 else ""
+    raise InputError(f"{len(problems)} problem{plural} in {csv_path} (listed above)")
 
 
 def average(
