@@ -124,7 +124,9 @@ def metric_files(n_fields: int, rng: np.random.Generator, folder: Path, distinct
     templates = []
     for _ in range(distinct):
         truth = blob_field(rng)
-        shifted = np.roll(truth, tuple(rng.integers(-12, 13, 2)), axis=(0, 1))  # IoU ~0.9
+        dy, dx = rng.integers(1, 13, 2)
+        shifted = np.zeros_like(truth)  # cells moved by up to 12 px: IoU ~0.9
+        shifted[dy:, dx:] = truth[:-dy, :-dx]
         templates.append((encode_instance_mask(truth), encode_instance_mask(shifted)))
     with open(folder / "solution.csv", "w") as sol, open(folder / "submission.csv", "w") as sub:
         sol.write(",".join(SUBMISSION_COLUMNS) + "\n")
@@ -136,8 +138,9 @@ def metric_files(n_fields: int, rng: np.random.Generator, folder: Path, distinct
                 labels = rng.choice(19, size=rng.integers(1, 3), replace=False)
                 pairs += [f"{k} {text}" for k in labels]
                 conf = rng.random(19) * 0.5
-                conf[labels] += 0.5  # true classes mostly ranked first
-                triples += [f"{k} {conf[k]:.6g} {det[cell]}" for k in range(19)]
+                conf[labels] += 0.5 * (rng.random(labels.size) < 0.8)  # mostly ranked first
+                if cell in det:  # not pushed out of the field by the shift
+                    triples += [f"{k} {conf[k]:.6g} {det[cell]}" for k in range(19)]
             sol.write(f"f{f:04d},{SIDE},{SIDE},{' '.join(pairs)}\n")
             sub.write(f"f{f:04d},{SIDE},{SIDE},{' '.join(triples)}\n")
 

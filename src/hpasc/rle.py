@@ -12,16 +12,22 @@ import zlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 
 _MAX_GROUPS = 13  # 5 bits per char: enough for any int64 delta
+_CV_TRANSPOSABLE = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32))
 
 
 def _label_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Column-major runs of non-zero labels: (labels, starts, ends), sorted by label then start."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    flat = np.asarray(mask).ravel(order="F")
+    mask = np.asarray(mask)
+    if mask.size and mask.dtype in _CV_TRANSPOSABLE:
+        flat = cv2.transpose(mask).ravel()  # blocked transpose: ~10x faster than ravel("F")
+    else:
+        flat = mask.ravel(order="F")
     n = flat.size
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)

@@ -39,6 +39,7 @@ REFERENCE_SIDE = 2048  # the field size the reference thresholds were chosen for
 EDGE_AREA_THRESHOLD = 80_000.0
 CENTER_AREA_THRESHOLD = 32_000.0
 _EXAMPLES = 5
+_AREA_ROWS = 128  # bincount by bands: the int64 copy of each band stays in cache
 
 
 # --------------------------------------------------------------------------- post-processing
@@ -89,7 +90,9 @@ def cell_facts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if mask.size == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=bool)
-    counts = np.bincount(mask.ravel())
+    counts = np.zeros(int(mask.max()) + 1, dtype=np.int64)
+    for top in range(0, mask.shape[0], _AREA_ROWS):
+        counts += np.bincount(mask[top : top + _AREA_ROWS].ravel(), minlength=counts.size)
     ids = np.flatnonzero(counts)
     ids = ids[ids != 0]
     border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
