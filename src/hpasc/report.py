@@ -26,7 +26,8 @@ _PROB = [f"p{i:02d}" for i in range(NUM_CLASSES)]
 
 
 def _hex(rgb) -> str:
-    return "#%02x%02x%02x" % tuple(int(c) for c in rgb)
+    r, g, b = (int(c) for c in rgb)
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def _img_tag(png: bytes, alt: str, width: int | None = None) -> str:
