@@ -1,4 +1,8 @@
-"""End to end on synthetic fields: hpasc submit -> hpasc submission check -> hpasc evaluate."""
+"""Submissions from mask stores, scored end to end on synthetic data.
+
+``hpasc synth`` data for the acceptance run (hpasc submit -> hpasc submission check -> hpasc
+evaluate); small hand-made non-square fields for the library paths.
+"""
 
 import json
 
@@ -13,6 +17,7 @@ from hpasc.io.store import Store
 from hpasc.metric import evaluate
 from hpasc.rle import encode_instance_mask
 from hpasc.submission import build_submission, check_submission, write_submission
+from hpasc.synth import synthesize
 
 H, W = 96, 128  # non-square on purpose
 
@@ -80,7 +85,35 @@ def synthetic(tmp_path):
 OFF = {"edge_area_threshold": 0, "center_area_threshold": 0}
 
 
-def test_true_masks_and_labels_score_one_and_shuffled_labels_far_lower(synthetic):
+@pytest.fixture(scope="module")
+def synth_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "set"
+    synthesize(out, n_images=4, size=256, seed=0, progress=False)
+    return out
+
+
+def synth_table(folder, rng=None):
+    """Prediction table of the true cell labels of an ``hpasc synth`` set (shuffled if rng)."""
+    cells = pd.read_csv(folder / "cells.csv", dtype={"labels": str})
+    probs = np.zeros((len(cells), 19))
+    for i, labels in enumerate(cells["labels"]):
+        probs[i, [int(k) for k in labels.split("|")]] = 1.0
+    if rng is not None:
+        probs = probs[rng.permutation(len(probs))]
+    return make_table(cells["image_id"], cells["cell_id"], probs)
+
+
+def test_synth_truth_scores_one_and_shuffled_labels_far_lower(synth_set):
+    solution = synth_set / "solution.csv"
+    perfect = build_submission(synth_set / "masks", synth_table(synth_set), **OFF)
+    assert evaluate(solution, perfect).map == 1.0
+    assert evaluate(solution, perfect, mode="box").map == 1.0
+    shuffled = synth_table(synth_set, np.random.default_rng(0))
+    # Synthetic fields share few classes (Negative everywhere), so shuffling keeps some AP.
+    assert evaluate(solution, build_submission(synth_set / "masks", shuffled, **OFF)).map < 0.8
+
+
+def test_non_square_truth_scores_one_and_shuffled_labels_far_lower(synthetic):
     tmp_path, fields = synthetic
     solution = tmp_path / "solution.csv"
     perfect = build_submission(tmp_path / "masks", truth_table(fields), **OFF)
@@ -121,42 +154,42 @@ def test_averaging_two_tables_and_missing_cells(synthetic):
         write_submission(tmp_path / "masks", wrong, tmp_path / "r.csv")
 
 
-def test_cli_submit_check_evaluate(synthetic, cli):
-    tmp_path, fields = synthetic
-    write_table(truth_table(fields), tmp_path / "a.parquet")
-    write_table(truth_table(fields), tmp_path / "b.parquet")
+def test_cli_submit_check_evaluate_on_synth(synth_set, tmp_path, cli):
+    write_table(synth_table(synth_set), tmp_path / "a.parquet")
+    write_table(synth_table(synth_set, np.random.default_rng(0)), tmp_path / "b.parquet")
+    masks, solution = synth_set / "masks", synth_set / "solution.csv"
     out = tmp_path / "submission.csv"
     r = cli(
-        "submit", "--masks", tmp_path / "masks", "--predictions", tmp_path / "a.parquet",
-        tmp_path / "b.parquet", "--weights", "1,2", "--edge-area-threshold", "0",
-        "--center-area-threshold", "0", "--no-progress", "-o", out, check=True,
+        "submit", "--masks", masks, "--predictions", tmp_path / "a.parquet",
+        tmp_path / "b.parquet", "--weights", "1,0", "--scale-thresholds-with-size",
+        "--no-progress", "-o", out, check=True,
     )  # fmt: skip
-    assert "fields: 7 (1 without cells)" in r.stdout
+    n_fields = len(list(masks.iterdir()))
+    assert f"fields: {n_fields} (0 without cells)" in r.stdout
     assert "without a prediction (left out): 0" in r.stdout
 
-    r = cli("submission", "check", out, "--masks", tmp_path / "masks", check=True)
+    r = cli("submission", "check", out, "--masks", masks, check=True)
     assert "OK" in r.stdout
 
-    r = cli("evaluate", "--solution", tmp_path / "solution.csv", "--submission", out, check=True)
-    assert "mAP" in r.stdout and "Nucleoplasm" in r.stdout
-    r = cli(
-        "evaluate", "--solution", tmp_path / "solution.csv", "--submission", out, "--json",
-        check=True,
-    )  # fmt: skip
+    r = cli("evaluate", "--solution", solution, "--submission", out, check=True)
+    assert "mAP" in r.stdout and "Negative" in r.stdout
+    r = cli("evaluate", "--solution", solution, "--submission", out, "--json", check=True)
     result = json.loads(r.stdout)
-    assert result["mAP"] == 1.0
-    assert set(result["per_class"]) == {
-        str(k) for _, _, ls in fields for v in ls.values() for k in v
-    }
+    assert result["mAP"] > 0.9  # the true labels, a few small cells down-weighted
+    truth = pd.read_csv(synth_set / "cells.csv", dtype={"labels": str})["labels"]
+    assert set(result["per_class"]) == {k for v in truth for k in v.split("|")}
 
-    # A broken row: check names its row and fails; evaluate fails with one line.
+    # A broken row: check names its row and fails.
     lines = out.read_text().splitlines()
-    lines[3] = lines[3].replace(" 0.0 ", " 7.5 ", 1)
+    head, prediction = lines[3].rsplit(",", 1)
+    tokens = prediction.split()
+    tokens[1] = "7.5"  # the first confidence
+    lines[3] = f"{head},{' '.join(tokens)}"
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines) + "\n")
     r = cli("submission", "check", bad)
     assert r.returncode != 0 and "1 problem in" in r.stderr
-    assert "row 4:" in r.stdout and "'7.5' is not in [0, 1]" in r.stdout
+    assert "row 4:" in r.stdout and "confidence '7.5" in r.stdout
 
     r = cli(
         "cells",
@@ -166,7 +199,7 @@ def test_cli_submit_check_evaluate(synthetic, cli):
         "-o",
         tmp_path / "c.parquet",
     )
-    assert r.returncode == 0 and "cells of 6 fields" in r.stdout
+    assert r.returncode == 0 and f"of {n_fields} fields" in r.stdout
 
     r = cli(
         "submit", "--masks", tmp_path / "nope", "--predictions", tmp_path / "a.parquet", "-o", out
