@@ -190,6 +190,16 @@ def bench_metric(n_fields: int, rng: np.random.Generator) -> list[tuple[str, str
     ]
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-fields", type=int, default=8)
@@ -197,7 +207,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    rows = [("machine", f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")]
+    rows = [
+        ("machine", f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    ]
     rows += bench_write(args.write_fields, rng)
     rows += bench_metric(args.metric_fields, rng)
     width = max(len(k) for k, _ in rows)

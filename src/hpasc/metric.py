@@ -61,7 +61,7 @@ class MetricResult:
                 f"{k:>3} {CLASS_NAMES[k]:<42} {self.n_gt.get(k, 0):>7} "
                 f"{self.n_detections.get(k, 0):>9} {ap:>7}"
             )
-        lines.append(f"mAP@{len(self.per_class)} classes: {self.map:.4f}")
+        lines.append(f"mAP over {len(self.per_class)} classes: {self.map:.4f}")
         return "\n".join(lines)
 
 
@@ -345,7 +345,8 @@ def evaluate(
     if progress:
         from tqdm import tqdm
 
-        rows = tqdm(rows, desc="evaluate", unit="field", total=len(truth), leave=False)
+        # disable=None: only on a terminal
+        rows = tqdm(rows, desc="evaluate", unit="row", leave=False, disable=None)
     for row in rows:
         t = truth.get(row.ID)
         if t is None or not t.labels:
