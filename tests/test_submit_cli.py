@@ -152,6 +152,8 @@ def test_averaging_two_tables_and_missing_cells(synthetic):
     wrong = table.assign(image_id=table.image_id.str.replace("field00", "other"))
     with pytest.raises(InputError, match="'other'"):
         write_submission(tmp_path / "masks", wrong, tmp_path / "r.csv")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["masks", "p.csv", "s.csv", "solution.csv"]  # no partial or temporary file
 
 
 def test_cli_submit_check_evaluate_on_synth(synth_set, tmp_path, cli):

@@ -17,10 +17,10 @@ significant digits.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,27 +333,26 @@ def write_submission(
 ) -> SubmissionSummary:
     """Write ``submission.csv`` row by row (memory independent of the number of fields).
 
-    The file appears only when complete (temporary file, then rename). Arguments as
+    The file appears only when complete (temporary file, then rename; nothing on an error). Arguments as
     :func:`build_submission`. Returns the summary counts.
     """
     store, table, ids = _prepare(mask_store, table_or_tables, weights, allow_missing)
+    from hpasc.io.store import Store
+
     out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
     summary = SubmissionSummary()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
+        with Store(out.parent).open(out.name, "wb") as raw:  # discarded on an exception
+            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            writer = csv.writer(text, lineterminator="\n")
             writer.writerow(SUBMISSION_COLUMNS)
             fields = _store_fields(store, ids, progress)
             for row in field_rows(fields, table, summary=summary, **options):
                 writer.writerow(row)
-        os.replace(tmp, out)
+            text.flush()
+            text.detach()  # the atomic writer commits when the with block closes it
     except OSError as exc:
         raise OutputError(f"cannot write {out}: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return summary
 
 
