@@ -187,6 +187,7 @@ def test_base_url_resolution(monkeypatch):
     monkeypatch.setenv("HPASC_HPA_BASE_URL", "http://mirror.local/hpa/")
     assert resolve_base_url() == "http://mirror.local/hpa"
     assert resolve_base_url("http://other") == "http://other"
+    assert ImportOptions().base_url == "http://mirror.local/hpa"  # library users get it too
     with pytest.raises(ConfigError, match="http://"):
         resolve_base_url("ftp://x")
 

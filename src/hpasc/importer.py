@@ -325,11 +325,12 @@ class ImportOptions:
     size: int = 768
     ext: str = "tif.gz"
     dtype: Literal["uint8", "keep"] = "uint8"
-    base_url: str = DEFAULT_BASE_URL
+    base_url: str | None = None  # None: $HPASC_HPA_BASE_URL, else DEFAULT_BASE_URL
     url_template: str = DEFAULT_URL_TEMPLATE
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "base_url", resolve_base_url(self.base_url))
         if self.size < 1:
             raise ConfigError(f"--size must be a positive number of pixels, got {self.size}")
         if self.ext not in EXTENSIONS:
@@ -350,7 +351,7 @@ class FieldResult:
 
 def import_field(
     fld: PublicHpaField,
-    options: ImportOptions = ImportOptions(),
+    options: ImportOptions | None = None,
     *,
     sleep: Callable[[float], None] = time.sleep,
 ) -> FieldResult:
@@ -367,6 +368,7 @@ def import_field(
     from hpasc.io.images import CHANNELS, to_uint8
     from hpasc.prepare import resize_image
 
+    options = options or ImportOptions()
     urls = {
         c: channel_url(
             fld, c, ext=options.ext, base_url=options.base_url, template=options.url_template
@@ -423,14 +425,18 @@ class ImportSummary:
     def __str__(self) -> str:
         return (
             f"import-summary: {self.run}; {self.retries} retries; "
-            f"{self.nbytes / 1e6:.1f} MB downloaded -> {self.out}"
+            f"{_size(self.nbytes)} downloaded -> {self.out}"
         )
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e10 else f"{nbytes / 1e6:.1f} MB"
 
 
 def import_public_hpa(
     table: str | Path,
     out: str | Path | Store,
-    options: ImportOptions = ImportOptions(),
+    options: ImportOptions | None = None,
     *,
     workers: int = 8,
     limit: int | None = None,
@@ -450,7 +456,7 @@ def import_public_hpa(
         ``on_error="skip"``, ``errors.csv`` (``id,error``). Nothing else: labels stay in the
         table.
     options
-        Size, extension, bit depth, server and retry policy.
+        Size, extension, bit depth, server and retry policy (default: ``ImportOptions()``).
     workers
         Fields processed at once (worker processes; each fetches its 4 channels in threads).
     limit
@@ -471,6 +477,7 @@ def import_public_hpa(
     from hpasc.io.store import open_store
     from hpasc.runner import run_fields
 
+    options = options or ImportOptions()
     fields = read_public_hpa_fields(table)
     if limit is not None:
         fields = fields[:limit]

@@ -63,7 +63,7 @@ def public_hpa(
 ) -> None:
     """Download public-HPA fields (4 channels each), resize and convert them into OUT/<id>_<color>.png."""
     from hpasc.errors import ConfigError
-    from hpasc.importer import ImportOptions, RetryPolicy, import_public_hpa, resolve_base_url
+    from hpasc.importer import ImportOptions, RetryPolicy, import_public_hpa
 
     if on_error not in ("stop", "skip"):
         raise ConfigError(f"--on-error must be 'stop' or 'skip', got {on_error!r}")
@@ -71,7 +71,7 @@ def public_hpa(
         size=size,
         ext=ext,
         dtype=dtype,  # type: ignore[arg-type]
-        base_url=resolve_base_url(base_url),
+        base_url=base_url,
         url_template=url_template,
         policy=RetryPolicy(retries=retries, timeout=timeout, backoff=backoff, seed=seed),
     )
