@@ -325,6 +325,24 @@ def test_keep_dtype_limit_and_zip_output(tmp_path, server, real16):
     np.testing.assert_array_equal(got, resize_image(arrays["/102/1_A2_1_blue.tif.gz"], SIZE))
 
 
+def test_file_url_mirror(tmp_path, real16):
+    mirror = tmp_path / "mirror"
+    (mirror / "101").mkdir(parents=True)
+    for color in CHANNELS:
+        (mirror / f"101/1_A1_1_{color}.tif.gz").write_bytes(tif_gz(real16[:64, :64]))
+    table = write_table(tmp_path / "t.csv", ROWS[:2])  # 1_A2_1 is not in the mirror
+    options = ImportOptions(size=16, base_url=mirror.as_uri(), policy=FAST)
+    summary = import_public_hpa(
+        table, tmp_path / "out", options, workers=1, on_error="skip", progress=False
+    )
+    assert (summary.run.done, summary.run.failed) == (1, 1)
+    np.testing.assert_array_equal(
+        read_png(tmp_path / "out/1_A1_1_green.png"), expected(real16[:64, :64], 16)
+    )
+    (row,) = read_errors_csv(tmp_path / "out/errors.csv")
+    assert row[0] == "1_A2_1" and "no such file" in row[1] and "gave up" not in row[1]
+
+
 def test_conversion_matches_hpa_8bit_export(tmp_path, server):
     """The 16-bit server file, imported, equals HPA's own 8-bit PNG of it, resized alike."""
     tif = (REAL / "383_D2_1_blue.tif.gz").read_bytes()

@@ -88,15 +88,18 @@ def image_path(image: str) -> str:
     >>> image_path("10005/921_B9_1/")
     '10005/921_B9_1'
     """
-    text = str(image).strip()
+    text = str(image)
     parsed = urllib.parse.urlsplit(text)
     path = parsed.path if parsed.scheme and parsed.netloc else text
     return path.strip("/")
 
 
 def field_id(image: str) -> str:
-    """The field id of an ``Image`` value: its last ``/`` part (``.../921_B9_1`` -> ``921_B9_1``)."""
-    return image_path(image).split("/")[-1]
+    """The field id of an ``Image`` value: its last ``/`` part (``.../921_B9_1`` -> ``921_B9_1``).
+
+    The same rule as :func:`hpasc.classes.read_public_hpa_labels`.
+    """
+    return str(image).rstrip("/").split("/")[-1]
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,8 @@ def fetch(url: str, timeout: float) -> bytes:
         Connection errors, timeouts, HTTP 408 / 429 / 5xx, a body shorter or longer than
         announced.
     DownloadError
-        Any other HTTP error (404, 403, ...): retrying would not help.
+        Any other HTTP error (404, 403, ...) or a missing ``file://`` file: retrying would not
+        help.
     """
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:
@@ -260,6 +264,10 @@ def fetch(url: str, timeout: float) -> bytes:
         if exc.code in (408, 429) or exc.code >= 500:
             raise TransientError(f"HTTP {exc.code}", _retry_after(exc.headers)) from None
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, FileNotFoundError):  # file:// mirror: no such file
+            raise DownloadError(f"{url}: no such file") from None
+        raise TransientError(f"{type(exc).__name__}: {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:
         # URLError, timeouts, resets and IncompleteRead (closed before Content-Length bytes).
         raise TransientError(f"{type(exc).__name__}: {exc}") from None
