@@ -1,0 +1,452 @@
+"""Multi-stage runs: a YAML recipe lists steps; :func:`run_recipe` executes them in dependency order.
+
+A recipe::
+
+    name: demo
+    steps:
+      - name: masks
+        kind: segment
+        images: ${data}/images          # ${data}: the --data folder; ${work}: the work folder
+        out: ${out}                      # ${out}: this step's own output folder (work/<name>)
+      - name: cam
+        kind: train-image-level
+        config: image-level/tiny.yaml    # relative to the recipe's folder, then to configs/
+        masks: ${step:masks}             # the output folder of step 'masks' (adds a dependency)
+        folds: all                       # fan out: one task per fold
+
+Each task (a step, or one fold of it) records a fingerprint of its kind, resolved parameters and
+the fingerprints of what it needs in ``<out>/.hpasc-done.json``; a task whose fingerprint is
+unchanged is skipped, so re-running a recipe resumes it and editing one step re-runs it and
+everything downstream. A failure names the step and its log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpasc.errors import ConfigError, HpascError
+
+log = logging.getLogger("hpasc.recipe")
+
+DONE_FILE = ".hpasc-done.json"
+_REF = re.compile(r"\$\{(data|work|out|recipe|fold|step:[A-Za-z0-9_.\-]+)\}")
+_RESERVED = {"name", "kind", "needs", "folds", "description"}
+
+
+@dataclasses.dataclass
+class TaskContext:
+    """What a step kind receives besides its parameters."""
+
+    step: str
+    out: Path
+    fold: int | None
+    data: Path
+    work: Path
+    recipe_dir: Path
+    n_folds: int | None
+    log_file: Path
+
+
+StepFn = Callable[[dict[str, Any], TaskContext], None]
+STEP_KINDS: dict[str, StepFn] = {}
+_FOLD_COUNTERS: dict[str, Callable[[dict[str, Any], Path], int]] = {}
+
+
+def step_kind(name: str, n_folds: Callable[[dict[str, Any], Path], int] | None = None):
+    """Register a step kind. ``n_folds(params, recipe_dir)`` tells how many folds ``folds: all`` means."""
+
+    def deco(fn: StepFn) -> StepFn:
+        STEP_KINDS[name] = fn
+        if n_folds is not None:
+            _FOLD_COUNTERS[name] = n_folds
+        return fn
+
+    return deco
+
+
+@dataclasses.dataclass
+class Step:
+    name: str
+    kind: str
+    params: dict[str, Any]
+    needs: list[str]
+    folds: list[int] | None
+    description: str = ""
+
+
+@dataclasses.dataclass
+class Task:
+    step: Step
+    fold: int | None
+
+    @property
+    def label(self) -> str:
+        return self.step.name if self.fold is None else f"{self.step.name}/fold-{self.fold}"
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str
+    path: Path
+    steps: list[Step]  # in dependency order
+    data: Path
+    work: Path
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise ConfigError(
+            f"recipe {self.path}: no step named '{name}' (steps: {', '.join(s.name for s in self.steps)})"
+        )
+
+    def out_dir(self, step: str, fold: int | None = None) -> Path:
+        base = self.work / step
+        return base if fold is None else base / f"fold-{fold}"
+
+    def tasks(self) -> list[Task]:
+        out = []
+        for s in self.steps:
+            out += [Task(s, None)] if s.folds is None else [Task(s, k) for k in s.folds]
+        return out
+
+
+def _refs(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [m[5:] for m in _REF.findall(value) if m.startswith("step:")]
+    if isinstance(value, list):
+        return [r for v in value for r in _refs(v)]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in _refs(v)]
+    return []
+
+
+def _expand_folds(
+    spec: Any, kind: str, params: dict[str, Any], recipe_dir: Path, where: str
+) -> list[int] | None:
+    if spec is None:
+        return None
+    if spec == "all":
+        counter = _FOLD_COUNTERS.get(kind)
+        n = params.get("n_folds") or (counter(params, recipe_dir) if counter else None)
+        if not n:
+            raise ConfigError(f"{where}: 'folds: all' needs 'n_folds' for kind '{kind}'")
+        return list(range(int(n)))
+    if isinstance(spec, int):
+        return [spec]
+    if isinstance(spec, list) and all(isinstance(k, int) for k in spec):
+        return list(spec)
+    raise ConfigError(
+        f"{where}: 'folds' must be 'all', an integer or a list of integers, got {spec!r}"
+    )
+
+
+def load_recipe(
+    path: str | Path, data: str | Path | None = None, work: str | Path | None = None
+) -> Recipe:
+    """Read and check a recipe: known kinds, unique names, existing dependencies, no cycles."""
+    from hpasc import steps as _  # noqa: F401  (registers the built-in step kinds)
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
+        raise ConfigError(f"{path}: a recipe is a mapping with a 'steps' list")
+    unknown = set(doc) - {"name", "description", "steps", "data", "work"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {sorted(unknown)} (known: name, description, data, work, steps)"
+        )
+    data_dir = Path(data if data is not None else doc.get("data", ".")).expanduser()
+    work_dir = Path(work if work is not None else doc.get("work", "work")).expanduser()
+    steps: dict[str, Step] = {}
+    for i, raw in enumerate(doc["steps"]):
+        where = f"{path} step {i + 1}"
+        if not isinstance(raw, dict) or "name" not in raw or "kind" not in raw:
+            raise ConfigError(f"{where}: each step needs 'name' and 'kind'")
+        name, kind = str(raw["name"]), str(raw["kind"])
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+            raise ConfigError(
+                f"{where}: step name '{name}' may use letters, digits, '_', '.', '-' only"
+            )
+        if name in steps:
+            raise ConfigError(f"{where}: duplicate step name '{name}'")
+        if kind not in STEP_KINDS:
+            import difflib
+
+            close = difflib.get_close_matches(kind, list(STEP_KINDS), n=2)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"{where} ('{name}'): unknown kind '{kind}'{hint} (kinds: {', '.join(sorted(STEP_KINDS))})"
+            )
+        params = {k: v for k, v in raw.items() if k not in _RESERVED}
+        needs = list(dict.fromkeys([*map(str, raw.get("needs", []) or []), *_refs(params)]))
+        for need in needs:
+            if need not in steps:
+                raise ConfigError(
+                    f"{where} ('{name}'): needs step '{need}', which is not defined before it"
+                )
+        folds = _expand_folds(raw.get("folds"), kind, params, path.parent, f"{where} ('{name}')")
+        steps[name] = Step(name, kind, params, needs, folds, str(raw.get("description", "")))
+    return Recipe(str(doc.get("name", path.stem)), path, list(steps.values()), data_dir, work_dir)
+
+
+def resolve(value: Any, recipe: Recipe, out: Path, fold: int | None) -> Any:
+    """Substitute ``${data}``, ``${work}``, ``${out}``, ``${recipe}``, ``${fold}``, ``${step:NAME}``."""
+    if isinstance(value, list):
+        return [resolve(v, recipe, out, fold) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve(v, recipe, out, fold) for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key == "data":
+            return str(recipe.data)
+        if key == "work":
+            return str(recipe.work)
+        if key == "out":
+            return str(out)
+        if key == "recipe":
+            return str(recipe.path.parent)
+        if key == "fold":
+            if fold is None:
+                raise ConfigError(f"recipe {recipe.path}: ${{fold}} used in a step without folds")
+            return str(fold)
+        return str(recipe.out_dir(key[5:]))
+
+    return _REF.sub(sub, value)
+
+
+def _path_signature(p: Path) -> list[Any]:
+    """Cheap content signature of an input outside the work folder (sizes and mtimes)."""
+    if p.is_file():
+        st = p.stat()
+        return [st.st_size, int(st.st_mtime)]
+    if p.is_dir():
+        n = size = newest = 0
+        for f in p.rglob("*"):
+            if f.is_file():
+                st = f.stat()
+                n, size, newest = n + 1, size + st.st_size, max(newest, int(st.st_mtime))
+        return [n, size, newest]
+    return []
+
+
+def fingerprint(recipe: Recipe, task: Task, params: dict[str, Any]) -> str:
+    parts: dict[str, Any] = {
+        "kind": task.step.kind,
+        "params": params,
+        "fold": task.fold,
+        "needs": {},
+    }
+    for need in task.step.needs:
+        parts["needs"][need] = [
+            _read_done(recipe.out_dir(need, k)).get("fingerprint") for k in _folds_of(recipe, need)
+        ]
+    inputs = {}
+    for v in _strings(params):
+        p = Path(v)
+        # inputs from outside the work folder: their content may change between runs
+        if p.exists() and recipe.work.resolve() not in p.resolve().parents:
+            inputs[v] = _path_signature(p)
+    parts["inputs"] = inputs
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if ("/" in value or "." in value) and len(value) < 4096 else []
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return []
+
+
+def _folds_of(recipe: Recipe, name: str) -> list[int | None]:
+    s = recipe.step(name)
+    return [None] if s.folds is None else list(s.folds)
+
+
+def _read_done(out: Path) -> dict[str, Any]:
+    f = out / DONE_FILE
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _select(
+    recipe: Recipe, until: str | None, only: list[str] | None, fold: int | None
+) -> list[Task]:
+    names = [s.name for s in recipe.steps]
+    if until:
+        recipe.step(until)
+        keep: set[str] = set()
+        stack = [until]
+        while stack:
+            n = stack.pop()
+            if n not in keep:
+                keep.add(n)
+                stack += recipe.step(n).needs
+        names = [n for n in names if n in keep]
+    if only:
+        for n in only:
+            recipe.step(n)
+        names = [n for n in names if n in only]
+    tasks = [t for t in recipe.tasks() if t.step.name in names]
+    if fold is not None:
+        tasks = [t for t in tasks if t.fold is None or t.fold == fold]
+    return tasks
+
+
+@dataclasses.dataclass
+class PlanItem:
+    task: Task
+    status: str  # "done", "run", "forced"
+    params: dict[str, Any]
+    fingerprint: str
+
+
+def plan(
+    recipe: Recipe,
+    until: str | None = None,
+    only: list[str] | None = None,
+    force: list[str] | None = None,
+    fold: int | None = None,
+) -> list[PlanItem]:
+    """What would run, in order, and what is already done."""
+    force = set(force or [])
+    for n in force:
+        recipe.step(n)
+    items = []
+    for task in _select(recipe, until, only, fold):
+        out = recipe.out_dir(task.step.name, task.fold)
+        params = resolve(task.step.params, recipe, out, task.fold)
+        fp = fingerprint(recipe, task, params)
+        if task.step.name in force:
+            status = "forced"
+        elif _read_done(out).get("fingerprint") == fp:
+            status = "done"
+        else:
+            status = "run"
+        items.append(PlanItem(task, status, params, fp))
+    return items
+
+
+def format_plan(items: list[PlanItem]) -> str:
+    lines = []
+    for i, it in enumerate(items, 1):
+        s = it.task.step
+        needs = f"  <- {', '.join(s.needs)}" if s.needs else ""
+        lines.append(f"{i:3d}. [{it.status:6s}] {it.task.label}  ({s.kind}){needs}")
+    return "\n".join(lines)
+
+
+class StepFailed(HpascError):
+    pass
+
+
+@contextlib.contextmanager
+def _log_to(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(old_level, logging.INFO) if old_level else logging.INFO)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+def run_recipe(
+    recipe: Recipe,
+    until: str | None = None,
+    only: list[str] | None = None,
+    force: list[str] | None = None,
+    fold: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[PlanItem]:
+    """Run the selected tasks in order, skipping finished ones. Returns the plan that was run."""
+    executed = []
+    selected = _select(recipe, until, only, fold)
+    force = set(force or [])
+    for i, task in enumerate(selected, 1):
+        name = task.step.name
+        for need in task.step.needs:
+            for k in _folds_of(recipe, need):
+                if not _read_done(recipe.out_dir(need, k)):
+                    raise StepFailed(
+                        f"step '{task.label}' needs '{need}', which has not run yet "
+                        f"(run without --only, or with --until {need})"
+                    )
+        out = recipe.out_dir(name, task.fold)
+        params = resolve(task.step.params, recipe, out, task.fold)
+        fp = fingerprint(recipe, task, params)
+        item = PlanItem(task, "run", params, fp)
+        if name not in force and _read_done(out).get("fingerprint") == fp:
+            echo(f"[{i}/{len(selected)}] {task.label}: done, skipped")
+            item.status = "done"
+            executed.append(item)
+            continue
+        log_file = recipe.work / "logs" / f"{task.label.replace('/', '-')}.log"
+        ctx = TaskContext(
+            name,
+            out,
+            task.fold,
+            recipe.data,
+            recipe.work,
+            recipe.path.parent,
+            len(task.step.folds) if task.step.folds else None,
+            log_file,
+        )
+        echo(f"[{i}/{len(selected)}] {task.label}: {task.step.kind} ...")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DONE_FILE).unlink(missing_ok=True)
+        start = time.time()
+        with _log_to(log_file):
+            log.info(
+                "step %s kind %s params %s",
+                task.label,
+                task.step.kind,
+                json.dumps(params, default=str),
+            )
+            try:
+                STEP_KINDS[task.step.kind](params, ctx)
+            except BaseException as exc:  # recorded in the log, re-raised with the step's name
+                with log_file.open("a") as fh:
+                    fh.write(traceback.format_exc())
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise StepFailed(
+                    f"step '{task.label}' ({task.step.kind}) failed: {msg} (log: {log_file})"
+                ) from exc
+        seconds = time.time() - start
+        (out / DONE_FILE).write_text(json.dumps({"fingerprint": fp, "seconds": round(seconds, 1)}))
+        echo(f"[{i}/{len(selected)}] {task.label}: finished in {seconds:.1f} s")
+        executed.append(item)
+    return executed

@@ -1,0 +1,43 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+HPA_REAL = SHARED / "data" / "hpa-real"
+
+
+@pytest.fixture(scope="session")
+def hpa_real() -> Path:
+    if not HPA_REAL.is_dir():
+        pytest.fail(
+            f"real HPA fixtures missing: {HPA_REAL} (CI lays ../shared beside the checkout)"
+        )
+    return HPA_REAL
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False, timeout: float = 600):
+    """Run the installed CLI as a user would (a fresh process)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpasc.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"hpasc {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return run_cli
