@@ -35,7 +35,6 @@ from hpasc.io.images import CHANNELS, decode_image, to_uint8
 from hpasc.prepare import resize_image
 from hpasc.runner import read_errors_csv
 
-REAL = Path(__file__).parents[2] / "shared/data/hpa-real/bit-depth"
 SIZE = 48
 FAST = RetryPolicy(retries=3, timeout=10, backoff=0.01, max_backoff=0.05)
 
@@ -97,8 +96,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def real16() -> np.ndarray:
-    data = (REAL / "383_D2_1_blue.tif.gz").read_bytes()
+def real16(hpa_real: Path) -> np.ndarray:
+    data = (hpa_real / "bit-depth/383_D2_1_blue.tif.gz").read_bytes()
     return tifffile.imread(io.BytesIO(gzip.decompress(data)))
 
 
@@ -343,16 +342,16 @@ def test_file_url_mirror(tmp_path, real16):
     assert row[0] == "1_A2_1" and "no such file" in row[1] and "gave up" not in row[1]
 
 
-def test_conversion_matches_hpa_8bit_export(tmp_path, server):
+def test_conversion_matches_hpa_8bit_export(tmp_path, server, hpa_real):
     """The 16-bit server file, imported, equals HPA's own 8-bit PNG of it, resized alike."""
-    tif = (REAL / "383_D2_1_blue.tif.gz").read_bytes()
+    tif = (hpa_real / "bit-depth/383_D2_1_blue.tif.gz").read_bytes()
     for color in CHANNELS:
         server.files[f"/1/383_D2_1_{color}.tif.gz"] = tif
     table = write_table(tmp_path / "t.csv", [("1/383_D2_1", "0", "False", "A-431")])
     options = ImportOptions(size=256, base_url=server.url, policy=FAST)
     import_public_hpa(table, tmp_path / "out", options, workers=1, progress=False)
     got = read_png(tmp_path / "out/383_D2_1_blue.png")
-    hpa8 = cv2.imread(str(REAL / "383_D2_1_blue.8bit.png"), cv2.IMREAD_UNCHANGED)
+    hpa8 = cv2.imread(str(hpa_real / "bit-depth/383_D2_1_blue.8bit.png"), cv2.IMREAD_UNCHANGED)
     reference = cv2.resize(hpa8, (256, 256), interpolation=cv2.INTER_AREA)
     assert np.abs(got.astype(int) - reference).max() <= 1
 
