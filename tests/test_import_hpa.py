@@ -370,5 +370,10 @@ def test_cli_public_hpa(tmp_path, server, real16, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "import-summary: 1 done, 0 skipped, 0 failed; 0 retries" in result.output
     assert read_png(tmp_path / "out/1_A1_1_red.png").shape == (32, 32)
+    table2 = write_table(tmp_path / "t2.csv", ROWS[:2])  # 1_A2_1 is not on the server
+    args2 = ["import", "public-hpa", str(table2), str(tmp_path / "out"), "--size", "32"]
+    result = CliRunner().invoke(app, [*args2, "--on-error", "skip", "--no-progress"])
+    assert result.exit_code == 1
+    assert "0 done, 1 skipped, 1 failed" in result.output
     result = CliRunner().invoke(app, [*args, "--ext", "bmp"])
     assert result.exit_code != 0 and "--ext must be one of" in str(result.exception)

@@ -40,7 +40,7 @@ def public_hpa(
         help="uint8: convert to 8 bits (hpasc.io.images.to_uint8); keep: source depth.",
     ),
     workers: int = typer.Option(
-        8, "--workers", min=1, help="Fields downloaded at once (processes)."
+        8, "--workers", "-j", min=1, help="Fields downloaded at once (processes)."
     ),
     retries: int = typer.Option(
         5, "--retries", min=0, help="Retries per file on transient failures."
@@ -88,6 +88,7 @@ def public_hpa(
     typer.echo(str(summary))
     if summary.run.failed:
         typer.echo(f"{summary.run.failed} field(s) failed: see errors.csv in {out}", err=True)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
