@@ -115,6 +115,7 @@ def test_bundle_errors_leave_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no zip, no temp file
 
 
+@pytest.mark.slow  # a venv and two pip runs: 10 s on an idle 2-core machine, 20 s when busy
 def test_bundle_installs_into_fresh_venv(tmp_path):
     run = fake_run(tmp_path / "cam-b2-768")
     recipe = tmp_path / "demo.yaml"
