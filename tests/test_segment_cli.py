@@ -140,3 +140,27 @@ def test_bad_arguments_are_input_errors(tmp_path):
         segment_set(tmp_path / "empty", tmp_path / "out", progress=False)
     with pytest.raises(InputError, match="unknown --method"):
         segment_set(tmp_path, tmp_path / "out", method="magic", progress=False)
+
+
+@pytest.mark.slow
+def test_cli_hpa_unet_with_a_weight_file(cli, tmp_path):
+    import torch
+
+    from hpasc.segment.dpn_unet import DPNUnet
+
+    torch.manual_seed(0)
+    weights = tmp_path / "random.pth"
+    torch.save(DPNUnet().state_dict(), weights)
+    images = Store(tmp_path / "images")
+    for i in range(3):
+        write_field(images, f"f{i}", _grid_field(2, 128, seed=i))
+    images.close()
+    out = tmp_path / "masks"
+    result = cli(
+        "segment", tmp_path / "images", out, "--method", "hpa-unet", "--device", "cpu",
+        "--nuclei-model", weights, "--cell-model", weights, "--batch-size", "2",
+        check=True,
+    )  # fmt: skip
+    assert "3 done" in result.stdout
+    for i in range(3):
+        assert read_mask(Store(out), f"f{i}").shape == (256, 256)
