@@ -114,11 +114,11 @@ def restore_maps(
     """
     top, left, h, w = box
     grid = _label_grid(shape, label_scale)
-    nuclei = _to_uint8(nuclei_prob[:, top : top + h, left : left + w].transpose(1, 2, 0))
-    cell = cell_prob[:, top : top + h, left : left + w].transpose(1, 2, 0)
+    nuclei = np.ascontiguousarray(nuclei_prob[:, top : top + h, left : left + w].transpose(1, 2, 0))
+    cell = np.ascontiguousarray(cell_prob[:, top : top + h, left : left + w].transpose(1, 2, 0))
     nuclei[..., 0] = 0
-    cell = np.ascontiguousarray(cell)
     cell[..., 0] = 0
+    nuclei = _to_uint8(nuclei)
     nuclei = cv2.resize(nuclei, grid[::-1], interpolation=cv2.INTER_AREA)
     cell = _to_uint8(cv2.resize(cell, grid[::-1], interpolation=cv2.INTER_AREA))
     return nuclei, cell
