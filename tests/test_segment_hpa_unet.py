@@ -194,3 +194,19 @@ def test_1728_px_field_through_random_network_gives_full_size_masks(network):
     results = segmenter.segment_batch(images)
     assert [r.cells.shape for r in results] == [(1728, 1728), (300, 200)]
     assert all(r.cells.dtype == np.uint16 and r.nuclei.shape == r.cells.shape for r in results)
+
+
+def test_maps_reach_the_label_grid_by_pixel_replication():
+    from hpasc.segment.base import resize_labels
+    from hpasc.segment.hpa_unet import restore_maps
+
+    rng = np.random.default_rng(0)
+    prob = rng.random((3, 256, 128)).astype(np.float32)  # a 1024 x 512 field at scale 0.25
+    nuclei, cell = restore_maps(prob, prob, (0, 0, 256, 128), (1024, 512), label_scale=1.0)
+    assert nuclei.shape == cell.shape == (2048, 1024, 3)  # 2048·s along the longer side
+    expected = np.clip(np.rint(prob.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+    expected[..., 0] = 0
+    replicated = expected.repeat(8, axis=0).repeat(8, axis=1)
+    assert np.array_equal(nuclei, replicated) and np.array_equal(cell, replicated)
+    labels = rng.integers(0, 300, (64, 32)).astype(np.uint16)
+    assert np.array_equal(resize_labels(labels, (256, 128)), labels.repeat(4, 0).repeat(4, 1))
