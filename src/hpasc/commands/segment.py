@@ -109,9 +109,9 @@ def segment(
         options=options,
     )
     # The data verbs report alike: counts, and exit 1 when fields failed (--on-error skip).
-    from hpasc.commands.prepare import _report
+    from hpasc.commands import report_summary
 
-    _report(output, summary)
+    report_summary(output, summary)
 
 
 def download(
