@@ -1,0 +1,847 @@
+"""Stores: list, read and write files in a folder, a folder inside a zip, or an fsspec URL.
+
+A :class:`Store` is "a place that holds files". Three kinds share one interface:
+
+* a plain folder (``data/train``) or a ``file://`` URL: pathlib, atomic temp + rename writes;
+* a folder inside a zip archive (``data/x.zip`` or ``data/x.zip/sub/dir``): reads share one
+  open ``ZipFile`` per process; writes go to a temporary archive beside the target that
+  replaces it on :meth:`Store.close`, so a crash leaves the old archive intact;
+* any other fsspec URL (``memory://bucket/x``, ``s3://...`` when the backend is installed).
+
+Names are relative, ``/``-separated paths below the store root. Names that could escape the
+root (``..`` parts, absolute paths, drive letters) are refused on read and write (zip-slip).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import warnings
+import weakref
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urlparse
+
+from hpasc.errors import InputError, OutputError
+
+__all__ = ["Store", "open_store", "clean_name", "STORED_EXTS"]
+
+#: Entries with these endings are already compressed: zip stores them without deflate.
+STORED_EXTS = (".png", ".npz", ".zip", ".gz", ".jpg", ".jpeg", ".parquet")
+
+# Temporary files carry this marker so listings skip leftovers of a crashed writer.
+_TMP_MARK = ".hpasc-tmp-"
+_DRIVE = re.compile(r"^[A-Za-z]:")
+# Fixed entry timestamp: the same content gives the same archive bytes.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_SPOOL_MAX = 64 << 20
+_COPY_CHUNK = 1 << 20
+
+
+def clean_name(name: str | os.PathLike) -> str:
+    """Return ``name`` as a normalised relative ``/`` path, refusing names that escape the root.
+
+    Backslashes count as separators; ``.`` parts and repeated separators are dropped.
+
+    Raises
+    ------
+    InputError
+        For an empty name, an absolute path (``/x``, ``\\x``), a drive letter (``C:``) or a
+        ``..`` part (zip-slip).
+    """
+    raw = os.fspath(name)
+    if not isinstance(raw, str):
+        raise ValueError(f"file names must be str, got {raw!r}")
+    unsafe = InputError(
+        f"unsafe file name {raw!r}: absolute paths, drive letters and '..' parts are refused "
+        "so nothing is read or written outside the store; use a name relative to the store"
+    )
+    if raw.startswith(("/", "\\")) or _DRIVE.match(raw) or "\x00" in raw:
+        raise unsafe
+    parts = [p for p in raw.replace("\\", "/").split("/") if p not in ("", ".")]
+    if any(p == ".." or _DRIVE.match(p) for p in parts):
+        raise unsafe
+    if not parts:
+        raise InputError(f"empty file name {raw!r}: give a file name relative to the store")
+    return "/".join(parts)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _is_tmp(path: str) -> bool:
+    base = path.rsplit("/", 1)[-1]
+    return base.startswith(".") and _TMP_MARK in base
+
+
+def _tmp_sibling(target: Path) -> Path:
+    return target.with_name(f".{target.name}{_TMP_MARK}{secrets.token_hex(6)}")
+
+
+class _AtomicWriter(io.RawIOBase):
+    """A binary write stream whose content appears under its final name only on close().
+
+    Leaving a ``with`` block by an exception, or dropping the stream unclosed, discards it.
+    """
+
+    def __init__(self, raw: IO[bytes], commit: Callable[[IO[bytes]], None], abort: Callable):
+        super().__init__()
+        self._raw = raw
+        self._commit = commit
+        self._abort = abort
+        self._done = False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._raw.seekable()
+
+    def write(self, data) -> int:
+        return self._raw.write(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def flush(self) -> None:
+        if not self._done:
+            self._raw.flush()
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._commit(self._raw)
+        super().close()
+
+    def discard(self) -> None:
+        """Drop what was written; the target is left as it was."""
+        if not self._done:
+            self._done = True
+            self._abort(self._raw)
+        super().close()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+    def __del__(self) -> None:
+        if hasattr(self, "_done"):
+            self.discard()
+
+
+def _spooled_writer(commit: Callable[[IO[bytes]], None]) -> _AtomicWriter:
+    """A writer buffering in memory (spilling to disk) that hands the buffer to ``commit``."""
+
+    def done(buf: IO[bytes]) -> None:
+        try:
+            buf.seek(0)
+            commit(buf)
+        finally:
+            buf.close()
+
+    buf = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX)  # noqa: SIM115 - closed by done()
+    return _AtomicWriter(buf, done, lambda b: b.close())
+
+
+# --------------------------------------------------------------------------------------------
+# Backends. Paths given to a backend are clean names relative to the backend root; a missing
+# file raises FileNotFoundError, which Store turns into an InputError naming the location.
+
+
+class _FolderBackend:
+    kind = "folder"
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def location(self, path: str) -> str:
+        return str(self.root / path) if path else str(self.root)
+
+    def root_exists(self, prefix: str) -> bool:
+        return (self.root / prefix).is_dir()
+
+    def list(self, prefix: str, recursive: bool) -> list[str]:
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        if not recursive:
+            with os.scandir(base) as it:
+                return [e.name for e in it if e.is_file() and not _is_tmp(e.name)]
+        out = []
+        for dirpath, _, files in os.walk(base):
+            rel = Path(dirpath).relative_to(base).as_posix()
+            out.extend(_join("" if rel == "." else rel, f) for f in files if not _is_tmp(f))
+        return out
+
+    def exists(self, path: str) -> bool:
+        return (self.root / path).is_file()
+
+    def read_bytes(self, path: str) -> bytes:
+        try:
+            return (self.root / path).read_bytes()
+        except (IsADirectoryError, NotADirectoryError) as e:
+            raise FileNotFoundError(path) from e
+
+    def open_read(self, path: str) -> IO[bytes]:
+        try:
+            return open(self.root / path, "rb")  # noqa: SIM115 - the caller closes it
+        except (IsADirectoryError, NotADirectoryError) as e:
+            raise FileNotFoundError(path) from e
+
+    def open_write(self, path: str) -> _AtomicWriter:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_sibling(target)
+        # os.open with 0o666 keeps the umask's permissions (mkstemp would force 0o600).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        raw = os.fdopen(fd, "wb")
+
+        def commit(f: IO[bytes]) -> None:
+            f.close()
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
+
+        def abort(f: IO[bytes]) -> None:
+            f.close()
+            tmp.unlink(missing_ok=True)
+
+        return _AtomicWriter(raw, commit, abort)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        with self.open_write(path) as f:
+            f.write(data)
+
+    def remove(self, path: str) -> None:
+        try:
+            (self.root / path).unlink()
+        except (IsADirectoryError, NotADirectoryError, PermissionError) as e:
+            if not (self.root / path).is_file():
+                raise FileNotFoundError(path) from e
+            raise
+
+    def local_path(self, path: str) -> Path | None:
+        return self.root / path
+
+    def commit(self) -> None:
+        """Folder writes are committed one file at a time."""
+
+    def abort(self) -> None:
+        """Nothing is pending in a folder."""
+
+
+class _FsspecBackend:
+    kind = "fsspec"
+
+    def __init__(self, fs: Any, root: str, url: str):
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.url = url.rstrip("/")
+
+    def _full(self, path: str) -> str:
+        return _join(self.root, path) if self.root else path
+
+    def location(self, path: str) -> str:
+        return _join(self.url, path)
+
+    def root_exists(self, prefix: str) -> bool:
+        return self.fs.isdir(self._full(prefix))
+
+    def list(self, prefix: str, recursive: bool) -> list[str]:
+        base = self._full(prefix)
+        if not self.fs.isdir(base):
+            return []
+        if recursive:
+            paths = self.fs.find(base)
+        else:
+            paths = [e["name"] for e in self.fs.ls(base, detail=True) if e["type"] == "file"]
+        cut = len(base.rstrip("/")) + 1
+        return [p[cut:] for p in paths if not _is_tmp(p)]
+
+    def exists(self, path: str) -> bool:
+        return self.fs.isfile(self._full(path))
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.fs.cat_file(self._full(path))
+
+    def open_read(self, path: str) -> IO[bytes]:
+        return self.fs.open(self._full(path), "rb")
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        # Object stores and memory:// publish an object only once it is fully uploaded.
+        self.fs.pipe_file(self._full(path), bytes(data))
+
+    def open_write(self, path: str) -> _AtomicWriter:
+        def commit(buf: IO[bytes]) -> None:
+            with self.fs.open(self._full(path), "wb") as out:
+                shutil.copyfileobj(buf, out, _COPY_CHUNK)
+
+        return _spooled_writer(commit)
+
+    def remove(self, path: str) -> None:
+        if not self.exists(path):
+            raise FileNotFoundError(path)
+        self.fs.rm_file(self._full(path))
+
+    def local_path(self, path: str) -> Path | None:
+        return None
+
+    def commit(self) -> None:
+        """fsspec writes are committed one file at a time."""
+
+    def abort(self) -> None:
+        """Nothing is pending."""
+
+
+# --- zip ------------------------------------------------------------------------------------
+
+# Read-only ZipFile objects, one per archive and per process: a forked worker must not share
+# the parent's file offset, so the whole cache is dropped when the process id changes. An
+# archive replaced on disk (new inode/size/mtime) is reopened.
+_READERS: dict[str, tuple[tuple[int, int, int], zipfile.ZipFile]] = {}
+_READERS_PID = os.getpid()
+_READERS_LOCK = threading.Lock()
+
+
+def _zip_reader(path: Path) -> zipfile.ZipFile | None:
+    global _READERS_PID
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+    key = str(path)
+    with _READERS_LOCK:
+        if os.getpid() != _READERS_PID:
+            _READERS.clear()
+            _READERS_PID = os.getpid()
+        hit = _READERS.get(key)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise InputError(
+                f"{path} is not a readable zip archive ({e}); check the file or recreate it"
+            ) from None
+        _READERS[key] = (sig, zf)
+        return zf
+
+
+def _copy_entry(zin: zipfile.ZipFile, info: zipfile.ZipInfo, zout: zipfile.ZipFile) -> None:
+    new = zipfile.ZipInfo(info.filename, info.date_time)
+    new.compress_type = info.compress_type
+    new.external_attr = info.external_attr
+    new.comment = info.comment
+    new.file_size = info.file_size  # lets zipfile decide on zip64 up front
+    with zin.open(info) as src, zout.open(new, "w") as dst:
+        shutil.copyfileobj(src, dst, _COPY_CHUNK)
+
+
+class _ZipTransaction:
+    """Pending writes to one archive: a temporary zip beside it plus what was removed."""
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.lock = threading.RLock()
+        self.pid = os.getpid()
+        self.tmp: Path | None = None
+        self.writer: zipfile.ZipFile | None = None
+        self.written: dict[str, int] = {}  # name -> copies in the temp zip
+        self.removed: set[str] = set()
+        self.parent_pending: set[str] = set()  # pending in the process we were forked from
+
+    def reset(self) -> None:
+        self.tmp = None
+        self.writer = None
+        self.written = {}
+        self.removed = set()
+
+    def ensure_writer(self) -> zipfile.ZipFile:
+        if self.pid != os.getpid():
+            raise OutputError(
+                f"{self.target}: this zip store is being written by process {self.pid}; "
+                "write a zip archive from one process only (give each worker its own archive)"
+            )
+        if self.writer is None:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = _tmp_sibling(self.target)
+            self.writer = zipfile.ZipFile(self.tmp, "x", zipfile.ZIP_DEFLATED)
+        return self.writer
+
+    def commit(self) -> None:
+        with self.lock:
+            if self.pid != os.getpid() or self.writer is None:
+                return
+            writer, tmp = self.writer, self.tmp
+            try:
+                old = _zip_reader(self.target)
+                if old is not None:
+                    for info in old.infolist():
+                        name = info.filename
+                        if name not in self.written and name not in self.removed:
+                            _copy_entry(old, info, writer)
+                writer.close()
+                dead = any(n > 1 for n in self.written.values()) or bool(
+                    self.removed.intersection(self.written)
+                )
+                final = self._compact(tmp) if dead else tmp
+                fd = os.open(final, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                if self.target.exists():
+                    os.chmod(final, self.target.stat().st_mode & 0o7777)
+                os.replace(final, self.target)
+            except BaseException:
+                self.abort()
+                raise
+            self.reset()
+
+    def _compact(self, tmp: Path) -> Path:
+        """Rewrite the temp zip keeping the last copy of each live entry."""
+        out = _tmp_sibling(self.target)
+        with zipfile.ZipFile(tmp) as zin, zipfile.ZipFile(out, "x") as zout:
+            infos = zin.infolist()
+            last = {info.filename: i for i, info in enumerate(infos)}
+            for i, info in enumerate(infos):
+                if last[info.filename] == i and info.filename not in self.removed:
+                    _copy_entry(zin, info, zout)
+        tmp.unlink()
+        return out
+
+    def abort(self) -> None:
+        with self.lock:
+            if self.pid != os.getpid():
+                return
+            if self.writer is not None:
+                with contextlib.suppress(Exception):  # the temp is deleted anyway
+                    self.writer.close()
+            if self.tmp is not None:
+                self.tmp.unlink(missing_ok=True)
+            self.reset()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: let go of the parent's temp zip without touching it."""
+        if self.writer is not None:
+            # ZipFile.close()/__del__ would append a central directory to the parent's temp
+            # file through the shared descriptor; detach it so closing does nothing.
+            self.writer.fp = None
+        self.parent_pending = set(self.written) | self.removed
+        self.reset()
+
+
+def _commit_quietly(txn: _ZipTransaction) -> None:
+    try:
+        txn.commit()
+    except Exception as e:  # at interpreter exit there is nobody left to raise to
+        warnings.warn(f"could not commit zip store {txn.target}: {e}", stacklevel=1)
+
+
+_LIVE_TRANSACTIONS: weakref.WeakSet[_ZipTransaction] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for txn in list(_LIVE_TRANSACTIONS):
+        txn.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _ZipBackend:
+    kind = "zip"
+
+    def __init__(self, archive: Path):
+        self.archive = archive
+        self.txn = _ZipTransaction(archive)
+        _LIVE_TRANSACTIONS.add(self.txn)
+        # Safety net: pending writes are committed when the last Store on this archive is
+        # garbage-collected or the interpreter exits normally (not on a crash or os._exit).
+        self._finalizer = weakref.finalize(self, _commit_quietly, self.txn)
+
+    def location(self, path: str) -> str:
+        return _join(str(self.archive), path)
+
+    def _check_parent(self, path: str) -> None:
+        if path in self.txn.parent_pending:
+            raise InputError(
+                f"{self.location(path)} was written by the parent process but not committed; "
+                "call store.close() before starting worker processes"
+            )
+
+    def _reader(self) -> zipfile.ZipFile | None:
+        return _zip_reader(self.archive)
+
+    def _names(self) -> list[str]:
+        with self.txn.lock:
+            reader = self._reader()
+            old = reader.namelist() if reader is not None else []
+            names = set(old) | set(self.txn.written)
+            return [n for n in names if n not in self.txn.removed and not n.endswith("/")]
+
+    def root_exists(self, prefix: str) -> bool:
+        names = self._names()
+        return bool(names) and (not prefix or any(n.startswith(prefix + "/") for n in names))
+
+    def list(self, prefix: str, recursive: bool) -> list[str]:
+        out, unsafe = [], 0
+        start = prefix + "/" if prefix else ""
+        for name in self._names():
+            if not name.startswith(start):
+                continue
+            try:
+                ok = clean_name(name) == name
+            except InputError:
+                ok = False
+            rel = name[len(start) :]
+            if not ok:
+                unsafe += 1
+            elif recursive or "/" not in rel:
+                out.append(rel)
+        if unsafe:
+            warnings.warn(
+                f"{self.archive}: skipped {unsafe} entries with unsafe names (zip-slip)",
+                stacklevel=3,
+            )
+        return out
+
+    def _source(self, path: str) -> zipfile.ZipFile | None:
+        """The ZipFile holding the current version of ``path`` (None: missing)."""
+        txn = self.txn
+        self._check_parent(path)
+        if path in txn.removed:
+            return None
+        if path in txn.written:
+            return txn.writer
+        reader = self._reader()
+        if reader is None or path not in reader.NameToInfo:
+            return None
+        return reader
+
+    def exists(self, path: str) -> bool:
+        with self.txn.lock:
+            return self._source(path) is not None
+
+    def open_read(self, path: str) -> IO[bytes]:
+        with self.txn.lock:
+            src = self._source(path)
+            if src is None:
+                raise FileNotFoundError(path)
+            return src.open(path)
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.txn.lock:
+            src = self._source(path)
+            if src is None:
+                raise FileNotFoundError(path)
+            return src.read(path)
+
+    def _info(self, path: str) -> zipfile.ZipInfo:
+        info = zipfile.ZipInfo(path, _ZIP_DATE)
+        stored = path.lower().endswith(STORED_EXTS)
+        info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        return info
+
+    def _added(self, path: str) -> None:
+        txn = self.txn
+        txn.removed.discard(path)
+        txn.written[path] = txn.written.get(path, 0) + 1
+        txn.parent_pending.discard(path)
+        # Flush so a forked child never inherits buffered bytes it could write out.
+        txn.writer.fp.flush()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        with self.txn.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": compacted on commit
+            self.txn.ensure_writer().writestr(self._info(path), bytes(data))
+            self._added(path)
+
+    def open_write(self, path: str) -> _AtomicWriter:
+        def commit(buf: IO[bytes]) -> None:
+            info = self._info(path)
+            info.file_size = buf.seek(0, os.SEEK_END)
+            buf.seek(0)
+            with self.txn.lock, warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                with self.txn.ensure_writer().open(info, "w") as dst:
+                    shutil.copyfileobj(buf, dst, _COPY_CHUNK)
+                self._added(path)
+
+        return _spooled_writer(commit)
+
+    def remove(self, path: str) -> None:
+        with self.txn.lock:
+            if self._source(path) is None:
+                raise FileNotFoundError(path)
+            self.txn.ensure_writer()
+            self.txn.removed.add(path)
+
+    def local_path(self, path: str) -> Path | None:
+        return None
+
+    def commit(self) -> None:
+        self.txn.commit()
+
+    def abort(self) -> None:
+        self.txn.abort()
+
+
+# One backend per archive and process, so every Store on one zip shares one transaction.
+_ZIP_BACKENDS: weakref.WeakValueDictionary[str, _ZipBackend] = weakref.WeakValueDictionary()
+_ZIP_BACKENDS_LOCK = threading.Lock()
+
+
+def _zip_backend(archive: Path) -> _ZipBackend:
+    key = os.path.abspath(archive)
+    with _ZIP_BACKENDS_LOCK:
+        backend = _ZIP_BACKENDS.get(key)
+        if backend is None or backend.txn.pid != os.getpid():
+            backend = _ZipBackend(Path(key))
+            _ZIP_BACKENDS[key] = backend
+        return backend
+
+
+def _file_url_to_path(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise InputError(f"{url}: file:// URLs must name a local path (file:///abs/path)")
+    return unquote(parsed.path)
+
+
+def _open_backend(url: str) -> tuple[Any, str]:
+    """Return (backend, prefix inside it) for a store location."""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        if scheme.lower() == "file":
+            return _local_backend(_file_url_to_path(url), url)
+        if any(p.lower().endswith(".zip") for p in rest.split("/")):
+            raise InputError(
+                f"{url}: zip archives are supported on local paths only; "
+                "copy the archive to a local disk and open it there"
+            )
+        try:
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as e:
+            raise InputError(
+                f"cannot open store {url!r}: {e}; install the fsspec backend for {scheme}://"
+            ) from None
+        return _FsspecBackend(fs, root, url), ""
+    return _local_backend(url, url)
+
+
+def _local_backend(path_str: str, url: str) -> tuple[Any, str]:
+    path = Path(path_str).expanduser()
+    parts = path.parts
+    zips = [
+        i
+        for i, part in enumerate(parts)
+        if part.lower().endswith(".zip") and not Path(*parts[: i + 1]).is_dir()
+    ]
+    if len(zips) > 1:
+        names = ", ".join(parts[i] for i in zips)
+        raise InputError(
+            f"{url}: more than one .zip in the path ({names}); an archive inside an archive "
+            "cannot be opened in place: extract the inner archive first"
+        )
+    if not zips:
+        return _FolderBackend(path), ""
+    i = zips[0]
+    inner = "/".join(parts[i + 1 :])
+    return _zip_backend(Path(*parts[: i + 1])), clean_name(inner) if inner else ""
+
+
+class Store:
+    """A folder, a folder inside a zip (``data/x.zip`` or ``data/x.zip/sub/dir``), or any fsspec
+    URL (``memory://bucket/x``, ``file:///abs``, remote ones when installed).
+
+    Parameters
+    ----------
+    url
+        Where the files are. Nothing is created until the first write.
+
+    Notes
+    -----
+    Zip writes are collected in a temporary archive beside the target and moved into place by
+    :meth:`close` (or leaving a ``with`` block normally); leaving it by an exception discards
+    them. All Store objects on one archive in one process share the pending writes. Write a
+    given archive from one process at a time; any number of processes may read it.
+
+    Examples
+    --------
+    >>> with Store("memory://doc/example") as s:
+    ...     s.write_bytes("a/b.txt", b"hi")
+    ...     s.list(recursive=True)
+    ['a/b.txt']
+    """
+
+    url: str
+
+    def __init__(self, url: str | os.PathLike):
+        url = os.fspath(url)
+        if not isinstance(url, str) or not url:
+            raise InputError(f"empty or invalid store location {url!r}: give a folder, zip or URL")
+        self.url = url
+        self._backend, self._prefix = _open_backend(url)
+
+    @classmethod
+    def _view(cls, url: str, backend: Any, prefix: str) -> Store:
+        store = cls.__new__(cls)
+        store.url, store._backend, store._prefix = url, backend, prefix
+        return store
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def __reduce__(self):
+        # Workers (spawned or forked) reopen the store from its location.
+        return (Store, (self.url,))
+
+    @property
+    def kind(self) -> str:
+        """``"folder"``, ``"zip"`` or ``"fsspec"``."""
+        return self._backend.kind
+
+    def _path(self, name: str | os.PathLike) -> str:
+        return _join(self._prefix, clean_name(name))
+
+    def _missing(self, name: str | os.PathLike, path: str) -> InputError:
+        return InputError(
+            f"file not found: {self._backend.location(path)} (name {os.fspath(name)!r} in store "
+            f"{self.url!r}); check the name and the store location (Store.list() shows its files)"
+        )
+
+    def location(self, name: str | os.PathLike) -> str:
+        """Human-readable full location of ``name`` (for messages)."""
+        return self._backend.location(self._path(name))
+
+    def root_exists(self) -> bool:
+        """Whether the store's folder (or the zip, or the folder inside it) exists."""
+        return self._backend.root_exists(self._prefix)
+
+    def list(self, pattern: str | None = None, recursive: bool = False) -> list[str]:
+        """Sorted relative names of the files in the store (not folders).
+
+        Parameters
+        ----------
+        pattern
+            ``fnmatch`` glob on the relative name, e.g. ``"*_red.*"`` (case-sensitive; with
+            ``recursive`` a ``*`` also matches ``/``).
+        recursive
+            Include files in sub-folders (names like ``sub/x.png``).
+
+        A store that does not exist yet lists as empty.
+        """
+        names = self._backend.list(self._prefix, recursive)
+        if pattern is not None:
+            names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        return sorted(names)
+
+    def exists(self, name: str | os.PathLike) -> bool:
+        """Whether a file ``name`` exists."""
+        return self._backend.exists(self._path(name))
+
+    def read_bytes(self, name: str | os.PathLike) -> bytes:
+        """The content of file ``name``; InputError naming the location if it is missing."""
+        path = self._path(name)
+        try:
+            return self._backend.read_bytes(path)
+        except FileNotFoundError:
+            raise self._missing(name, path) from None
+
+    def write_bytes(self, name: str | os.PathLike, data: bytes) -> None:
+        """Write file ``name`` atomically, replacing any previous version."""
+        path = self._path(name)
+        try:
+            self._backend.write_bytes(path, data)
+        except OSError as e:
+            raise OutputError(
+                f"cannot write {self._backend.location(path)}: {e}; check that the location "
+                "is writable and not a folder"
+            ) from None
+
+    def open(self, name: str | os.PathLike, mode: str = "rb") -> IO[bytes]:
+        """Open file ``name`` for streaming: ``"rb"`` to read, ``"wb"`` to write.
+
+        A write stream becomes visible under ``name`` only when closed; leaving a ``with``
+        block by an exception discards it.
+        """
+        path = self._path(name)
+        if mode == "rb":
+            try:
+                return self._backend.open_read(path)
+            except FileNotFoundError:
+                raise self._missing(name, path) from None
+        if mode == "wb":
+            try:
+                return self._backend.open_write(path)
+            except OSError as e:
+                raise OutputError(f"cannot write {self._backend.location(path)}: {e}") from None
+        raise ValueError(f"mode must be 'rb' or 'wb', got {mode!r}")
+
+    def sub(self, name: str | os.PathLike) -> Store:
+        """The sub-folder ``name`` as a Store of the same kind (sharing pending zip writes)."""
+        path = self._path(name)
+        return Store._view(_join(self.url.rstrip("/"), clean_name(name)), self._backend, path)
+
+    def local_path(self, name: str | os.PathLike) -> Path | None:
+        """The real file path of ``name`` for a plain-folder store (existing or not), else None."""
+        return self._backend.local_path(self._path(name))
+
+    def remove(self, name: str | os.PathLike) -> None:
+        """Delete file ``name``; InputError if it is missing."""
+        path = self._path(name)
+        try:
+            self._backend.remove(path)
+        except FileNotFoundError:
+            raise self._missing(name, path) from None
+
+    def close(self) -> None:
+        """Commit pending zip writes (the archive is replaced in one rename).
+
+        The store stays usable; later writes start a new pending set. No-op for folders/URLs.
+        """
+        self._backend.commit()
+
+    def abort(self) -> None:
+        """Discard pending zip writes, leaving the archive as it was. No-op for folders/URLs."""
+        self._backend.abort()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def open_store(url: str | os.PathLike | Store) -> Store:
+    """``Store(url)``, or ``url`` itself when it already is a Store."""
+    return url if isinstance(url, Store) else Store(url)
