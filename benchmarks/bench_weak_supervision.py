@@ -24,7 +24,9 @@ def broadcast(cells, images):
     """Cell table whose rows carry their field's image-level probabilities."""
     from hpasc.cells import PROB_COLUMNS
 
-    merged = cells[["image_id", "cell_id"]].merge(images, on="image_id", how="left", validate="many_to_one")
+    merged = cells[["image_id", "cell_id"]].merge(
+        images, on="image_id", how="left", validate="many_to_one"
+    )
     return merged[["image_id", "cell_id", *PROB_COLUMNS]]
 
 
@@ -34,8 +36,12 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=None, help="default: the config's")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--config", default=str(Path(__file__).parents[1] / "configs/image-level/synth-256.yaml"))
-    p.add_argument("--work", default=None, help="keep data and run here (default: a temporary folder)")
+    p.add_argument(
+        "--config", default=str(Path(__file__).parents[1] / "configs/image-level/synth-256.yaml")
+    )
+    p.add_argument(
+        "--work", default=None, help="keep data and run here (default: a temporary folder)"
+    )
     p.add_argument("overrides", nargs="*", help="config overrides a.b=value")
     args = p.parse_args()
 
@@ -79,15 +85,20 @@ def main() -> None:
     oracle_images[PROB_COLUMNS] = truth.astype(np.float32)
 
     rows = [
-        ("cells: CAM mean inside each cell (hpasc)", make_table(cells.image_id, cells.cell_id, cells[PROB_COLUMNS])),
+        (
+            "cells: CAM mean inside each cell (hpasc)",
+            make_table(cells.image_id, cells.cell_id, cells[PROB_COLUMNS]),
+        ),
         ("baseline: image-level prob. broadcast to cells", broadcast(cells, images)),
         ("oracle: true image labels broadcast to cells", broadcast(cells, oracle_images)),
     ]
     scores = {name: competition_map(table, fields, solution) for name, table in rows}
     n_train = args.fields - len(images)
-    print(f"\nweak supervision on hpasc synth: {args.fields} fields of {args.size} px "
-          f"({n_train} train / {len(images)} held out, {len(cells)} held-out cells), "
-          f"{cfg.model.arch}, {cfg.trainer.max_epochs} epochs, TTA {cfg.predict.tta}")
+    print(
+        f"\nweak supervision on hpasc synth: {args.fields} fields of {args.size} px "
+        f"({n_train} train / {len(images)} held out, {len(cells)} held-out cells), "
+        f"{cfg.model.arch}, {cfg.trainer.max_epochs} epochs, TTA {cfg.predict.tta}"
+    )
     print(f"{'scoring':<50} {'mAP@0.6':>8}")
     for name, _ in rows:
         print(f"{name:<50} {scores[name]:>8.4f}")
