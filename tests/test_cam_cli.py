@@ -7,6 +7,7 @@ from cam_helpers import ROOT, synth_data
 from hpasc.errors import ConfigError, InputError
 from hpasc.oof import join_oof
 from hpasc.train.cam_config import load_image_level_config
+from hpasc.train.image_level import train_fold
 
 CONFIGS = sorted((ROOT / "configs" / "image-level").glob("*.yaml"))
 
@@ -106,6 +107,20 @@ def test_train_predict_oof_from_the_cli(cli, tmp_path):
     assert set(zip(table.image_id, table.cell_id, strict=True)) == set(
         zip(truth.image_id, truth.cell_id, strict=True)
     )
+
+    # stage 2 trains on the out-of-fold table as per-cell pseudo labels
+    stage2 = load_image_level_config(
+        tiny,
+        [
+            f"data.root={data}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "predict.after_fit=false",
+        ],
+    )
+    stage2.data.sources[0].pseudo_labels = str(oof)
+    module_dir = train_fold(stage2, 1, tmp_path / "stage2")
+    assert (module_dir / "checkpoints" / "last.ckpt").is_file()
 
     with pytest.raises(InputError, match="no out-of-fold prediction"):
         join_oof([run / "fold-0"])

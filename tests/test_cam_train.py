@@ -140,12 +140,15 @@ def test_d4_tta_gives_the_same_cells_for_a_flipped_or_rotated_field(data, tmp_pa
     _write_field(images, masks, "orig", image, mask)
     _write_field(images, masks, "flip", image[:, ::-1], mask[:, ::-1])
     _write_field(images, masks, "rot", np.rot90(image), np.rot90(mask))
+    _write_field(images, masks, "empty", image, np.zeros_like(mask))
     images.close(), masks.close()
     torch.manual_seed(0)
     model = CAMClassifier(cfg.model).eval()
-    table = FieldTable.unlabelled(["orig", "flip", "rot"], images, masks)
-    ds = FieldDataset(table, np.arange(3), cfg.data, "predict")
+    table = FieldTable.unlabelled(["orig", "flip", "rot", "empty"], images, masks)
+    ds = FieldDataset(table, np.arange(4), cfg.data, "predict")
     cells, image_table = predict_dataset([model], ds, tta="d4", batch_size=3, progress=False)
+    # a field without cells: no cell rows, but an image-level row
+    assert "empty" not in set(cells["image_id"]) and image_table["image_id"].tolist()[-1] == "empty"
     by_field = {
         k: g.set_index("cell_id").drop(columns="image_id").sort_index()
         for k, g in cells.groupby("image_id")
@@ -155,7 +158,7 @@ def test_d4_tta_gives_the_same_cells_for_a_flipped_or_rotated_field(data, tmp_pa
         pd.testing.assert_frame_equal(by_field[other], by_field["orig"], atol=1e-5, rtol=1e-4)
     probs = image_table.set_index("image_id")
     np.testing.assert_allclose(probs.loc["flip"], probs.loc["orig"], atol=1e-5)
-    plain, _ = predict_dataset([model], ds, tta="none", batch_size=3, progress=False)
+    plain, _ = predict_dataset([model], ds, tta=None, batch_size=3, progress=False)
     assert not np.allclose(plain.iloc[:, 2:].to_numpy(), cells.iloc[:, 2:].to_numpy(), atol=1e-4)
 
 
@@ -219,3 +222,28 @@ def test_ddp_on_cpu_two_processes(data, tmp_path):
     assert (tmp_path / "run" / "fold-0" / "valid_cells.parquet").is_file()
     with torch.no_grad():
         assert torch.isfinite(model(torch.zeros(1, 4, 64, 64))).all()
+
+
+def test_init_from_loads_the_same_folds_checkpoint(data, tmp_path):
+    import dataclasses
+
+    from hpasc.errors import InputError
+    from hpasc.models.cam import CAMClassifier, build_cam_model
+
+    cfg = tiny_config(data)
+    source = CAMClassifier(cfg.model)
+    (tmp_path / "fold-1").mkdir()
+    state = {f"model.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "fold-1" / "last.ckpt")
+    init = dataclasses.replace(cfg.model, init_from=str(tmp_path / "fold-{fold}" / "last.ckpt"))
+    loaded = build_cam_model(init, fold=1)
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    torch.save(source.state_dict(), tmp_path / "plain.pt")  # a bare state_dict works too
+    plain = build_cam_model(dataclasses.replace(cfg.model, init_from=str(tmp_path / "plain.pt")))
+    assert torch.equal(plain.head.weight, source.head.weight)
+    with pytest.raises(InputError, match="weight file not found"):
+        build_cam_model(init, fold=0)
+    wrong = dataclasses.replace(init, head="cosine")
+    with pytest.raises(InputError, match="does not fit"):
+        build_cam_model(wrong, fold=1)

@@ -59,16 +59,24 @@ class CAMConsistencyModule(L.LightningModule):
     """LightningModule of an :class:`~hpasc.train.cam_config.ImageLevelConfig`.
 
     ``cell_metric``: optional callable taking a cell table of the validation fields
-    (``image_id, cell_id, p00…p18``) and returning the competition mAP.
+    (``image_id, cell_id, p00…p18``) and returning the competition mAP. ``load_init=False``
+    skips ImageNet / ``init_from`` weights (a resumed run loads its checkpoint instead).
     """
 
-    def __init__(self, cfg, fold: int | None = None, cell_metric: Callable | None = None) -> None:
+    def __init__(
+        self, cfg, fold: int | None = None, cell_metric: Callable | None = None, load_init: bool = True
+    ) -> None:
         super().__init__()
+        import dataclasses
+
         from hpasc.config import to_dict
 
         self.save_hyperparameters({"config": to_dict(cfg), "fold": fold})
         self.cfg = cfg
-        self.model = build_cam_model(cfg.model, fold)
+        model_cfg = cfg.model
+        if not load_init:  # resuming: the checkpoint brings the weights
+            model_cfg = dataclasses.replace(model_cfg, pretrained=False, init_from=None)
+        self.model = build_cam_model(model_cfg, fold)
         self.cell_metric = cell_metric
         self.use_pseudo = any(s.pseudo_labels for s in cfg.data.sources)
         self._valid_outputs: list[dict[str, Any]] = []
