@@ -191,6 +191,7 @@ def test_resume_continues_from_last_checkpoint(data, tmp_path):
     assert sorted(logs["epoch"].dropna().unique().tolist()) == [0, 1]
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_two_processes(data, tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(
