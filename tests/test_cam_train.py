@@ -77,6 +77,9 @@ def test_training_step_losses_fall_on_a_fixed_batch(data):
             "model.head=cosine",
         ],
         ["consistency.criterion=l2", "consistency.alpha_ramp=0.5"],
+        [
+            "data.heavy_pixel_aug=[{type: GaussNoise, p: 1.0}, {type: RandomBrightnessContrast, p: 1.0}]"
+        ],
     ],
 )
 def test_training_step_options_give_finite_losses(data, options):

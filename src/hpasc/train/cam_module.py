@@ -64,7 +64,11 @@ class CAMConsistencyModule(L.LightningModule):
     """
 
     def __init__(
-        self, cfg, fold: int | None = None, cell_metric: Callable | None = None, load_init: bool = True
+        self,
+        cfg,
+        fold: int | None = None,
+        cell_metric: Callable | None = None,
+        load_init: bool = True,
     ) -> None:
         super().__init__()
         import dataclasses
