@@ -237,7 +237,7 @@ def predict_dataset(
 # -------------------------------------------------------------------------------- run level
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PredictOptions:
     tta: str | None = None  # "d4", "none"; None: the run's predict.tta
     upsample: str | None = None  # None: the run's predict.upsample
