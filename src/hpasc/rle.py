@@ -141,3 +141,67 @@ def decode_mask_string(text: str, height: int, width: int) -> np.ndarray:
 
     rle = {"size": [int(height), int(width)], "counts": decode_rle_counts(text)}
     return mask_util.decode(rle).astype(bool)
+
+
+_MAX_DECODE_GROUPS = 12  # 60 bits: far beyond any image size, and no shift overflows int64
+
+
+def decode_counts(data: bytes) -> np.ndarray:
+    """COCO compressed counts bytes → run lengths (int64), alternating background/foreground.
+
+    Validates what pycocotools does not (it would read past its buffers): characters in range,
+    no truncated number, no negative run.
+
+    Raises
+    ------
+    ValueError
+        Malformed counts, with the reason.
+    """
+    c = np.frombuffer(data, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if c.min() < 0 or c.max() > 63:
+        raise ValueError("RLE counts hold a character outside '0'..'o'")
+    more = (c & 0x20) != 0
+    if more[-1]:
+        raise ValueError("RLE counts end in the middle of a number")
+    last = np.flatnonzero(~more)  # last character of each number
+    first = np.r_[0, last[:-1] + 1]
+    number = np.repeat(np.arange(last.size), last - first + 1)
+    group = np.arange(c.size) - first[number]
+    if group.max() >= _MAX_DECODE_GROUPS:
+        raise ValueError("RLE counts hold a number too large for any image")
+    x = np.add.reduceat((c & 0x1F) << (5 * group), first)
+    negative = (c[last] & 0x10) != 0  # sign bit of the last group
+    x = np.where(negative, x | (-1 << (5 * (last - first + 1))), x)
+    # Undo the delta coding x_i -= x_{i-2} (i > 2): cumulative sums over odd and even positions.
+    counts = x.copy()
+    counts[1::2] = np.cumsum(x[1::2])
+    counts[2::2] = np.cumsum(x[2::2])
+    if (counts < 0).any():
+        raise ValueError("RLE counts hold a negative run length")
+    return counts
+
+
+def mask_string_runs(text: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mask string → foreground runs (starts, ends) in column-major pixel order, validated.
+
+    Runs are sorted, disjoint and non-empty; ``(ends - starts).sum()`` is the mask area.
+
+    Raises
+    ------
+    ValueError
+        Not base64/zlib/COCO counts, or counts that do not add up to ``height * width``.
+    """
+    try:
+        data = decode_rle_counts(text)
+    except (ValueError, zlib.error) as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"not base64(zlib(RLE)): {exc}") from exc
+    counts = decode_counts(data)
+    total = int(counts.sum())
+    if total != height * width:
+        raise ValueError(f"mask covers {total} pixels, not {height}x{width} = {height * width}")
+    bounds = np.cumsum(counts)
+    starts, ends = bounds[0:-1:2], bounds[1::2]
+    keep = ends > starts
+    return starts[keep], ends[keep]

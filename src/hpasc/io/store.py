@@ -140,7 +140,8 @@ class _AtomicWriter(io.RawIOBase):
             self.discard()
 
     def __del__(self) -> None:
-        self.discard()
+        if hasattr(self, "_done"):
+            self.discard()
 
 
 def _spooled_writer(commit: Callable[[IO[bytes]], None]) -> _AtomicWriter:
@@ -489,8 +490,6 @@ class _ZipBackend:
             )
 
     def _reader(self) -> zipfile.ZipFile | None:
-        if self.archive.is_dir():
-            raise InputError(f"{self.archive} is a folder, not a zip archive")
         return _zip_reader(self.archive)
 
     def _names(self) -> list[str]:
@@ -510,17 +509,15 @@ class _ZipBackend:
         for name in self._names():
             if not name.startswith(start):
                 continue
-            rel = name[len(start) :]
-            if not recursive and "/" in rel:
-                continue
             try:
                 ok = clean_name(name) == name
             except InputError:
                 ok = False
-            if ok:
-                out.append(rel)
-            else:
+            rel = name[len(start) :]
+            if not ok:
                 unsafe += 1
+            elif recursive or "/" not in rel:
+                out.append(rel)
         if unsafe:
             warnings.warn(
                 f"{self.archive}: skipped {unsafe} entries with unsafe names (zip-slip)",
