@@ -1,0 +1,93 @@
+"""`hpasc train image-level`, `hpasc predict image-level`, `hpasc oof`: CAM-consistency models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def train_image_level(
+    config: Path = typer.Argument(..., help="Image-level config YAML (e.g. configs/image-level/b2-768.yaml)."),
+    overrides: list[str] = typer.Argument(None, help="Config overrides a.b=value (e.g. data.root=/data/hpa optim.lr=3e-4)."),
+    fold: str = typer.Option("all", "--fold", help="Fold to train: an index, a list like 0,2, or 'all'."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from each fold's checkpoints/last.ckpt."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Run folder (default: runs/<config name>); folds go to fold-<k>/."),
+) -> None:
+    """Train an image-level CAM-consistency model on one fold or all folds."""
+    from hpasc.train.cam_config import load_image_level_config
+    from hpasc.train.image_level import folds_to_train, train_fold
+
+    cfg = load_image_level_config(config, overrides or [])
+    run_dir = run_dir or Path("runs") / (cfg.name or config.stem)
+    for k in folds_to_train(cfg, fold):
+        out = train_fold(cfg, k, run_dir, resume=resume)
+        typer.echo(f"fold {k}: trained -> {out}")
+
+
+def predict_image_level(
+    run: list[Path] = typer.Argument(..., help="Run folder(s) or fold folder(s) of image-level models."),
+    images: str = typer.Option(None, "--images", help="Image store (required for --split test; replaces the config's for valid)."),
+    masks: str = typer.Option(None, "--masks", help="Mask store at the images' resolution (as --images)."),
+    split: str = typer.Option("test", "--split", help="valid: each fold predicts its own validation fields; test: every field of --images, mean of the folds."),
+    tta: str = typer.Option(None, "--tta", help="d4 (8 passes) or none (default: the run's predict.tta)."),
+    upsample: str = typer.Option(None, "--upsample", help="CAM up-sampling: bilinear or nearest (default: the run's)."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="last, best or a checkpoint path (default: the run's)."),
+    output: Path = typer.Option(None, "-o", "--output", help="Cell table (.parquet). For --split valid without it, each fold writes valid_cells.parquet."),
+    image_output: Path = typer.Option(None, "--image-output", help="Image-level table (default: <output>.images.parquet)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Fields per forward pass (default: the run's)."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+) -> None:
+    """Predict per-cell probabilities with image-level runs (CAM mean in each cell, optional D4 TTA)."""
+    import pandas as pd
+
+    from hpasc.errors import ConfigError
+    from hpasc.predict import PredictOptions, predict_fields, predict_valid, write_predictions
+    from hpasc.train import runs
+
+    if split not in ("valid", "test"):
+        raise ConfigError(f"--split must be valid or test, got {split!r}")
+    options = PredictOptions(tta, upsample, checkpoint, batch_size, workers, device)
+    folds = runs.find_fold_dirs(run)
+    if split == "test":
+        if not images or not masks or output is None:
+            raise ConfigError("--split test needs --images, --masks and -o")
+        cells, image_table = predict_fields(folds, images, masks, options)
+        paths = write_predictions(cells, image_table, output, image_output)
+        typer.echo(f"{len(image_table)} fields, {len(cells)} cells ({len(folds)} fold model(s)) -> {paths[0]}, {paths[1]}")
+        return
+    parts = []
+    for fp in folds:
+        cells, image_table = predict_valid(fp, options, images, masks)
+        if output is None:
+            paths = write_predictions(cells, image_table, fp / runs.VALID_CELLS, fp / runs.VALID_IMAGES)
+            typer.echo(f"{fp}: {len(image_table)} validation fields, {len(cells)} cells -> {paths[0]}")
+        parts.append((cells, image_table))
+    if output is not None:
+        cells = pd.concat([c for c, _ in parts], ignore_index=True)
+        image_table = pd.concat([i for _, i in parts], ignore_index=True)
+        paths = write_predictions(cells, image_table, output, image_output)
+        typer.echo(f"{len(image_table)} validation fields, {len(cells)} cells -> {paths[0]}, {paths[1]}")
+
+
+def oof(
+    runs_: list[Path] = typer.Argument(..., metavar="RUNS...", help="Run folder(s) or fold folders whose validation predictions to join."),
+    output: Path = typer.Option(..., "-o", "--output", help="Out-of-fold cell table (.parquet)."),
+    image_output: Path = typer.Option(None, "--image-output", help="Image-level table (default: <output>.images.parquet)."),
+) -> None:
+    """Join each fold's validation predictions into one out-of-fold table over all training fields."""
+    from hpasc.oof import join_oof
+    from hpasc.predict import write_predictions
+
+    cells, images = join_oof(runs_)
+    paths = write_predictions(cells, images, output, image_output)
+    typer.echo(f"out-of-fold: {len(images)} fields, {len(cells)} cells -> {paths[0]}, {paths[1]}")
+
+
+def register(app: typer.Typer) -> None:
+    from hpasc.commands import predict_app, train_app
+
+    train_app.command("image-level")(train_image_level)
+    predict_app.command("image-level")(predict_image_level)
+    app.command("oof")(oof)

@@ -1,0 +1,1 @@
+"""Networks, heads, cell pooling and losses."""

@@ -1,0 +1,1 @@
+"""Training: Lightning modules, the shared Trainer factory, optimisers and schedules."""

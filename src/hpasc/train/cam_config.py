@@ -1,0 +1,156 @@
+"""Configuration schema of image-level (CAM-consistency) models.
+
+Every field that changes behaviour in the reference's config (method spec §4.1) has a place
+here; the names are ours (mapping in ``docs/image-level.md``). Paths of data sources are
+relative to ``data.root`` (set it on the command line: ``data.root=/data/hpa``); URLs and
+absolute paths are used as given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpasc.errors import ConfigError
+from hpasc.models.cam import CAMModelConfig
+from hpasc.models.losses import CONSISTENCY_CRITERIA, OBJECTIVES
+from hpasc.train.optim import OptimConfig
+from hpasc.train.trainer import TrainerConfig
+
+
+@dataclass
+class SourceConfig:
+    """One set of training fields (e.g. Kaggle train, public HPA): images, masks at the same
+    resolution, image labels, and optionally fixed folds, pseudo labels and per-cell truth."""
+
+    name: str = ""
+    images: str = ""  # image store (folder, x.zip/sub, URL)
+    masks: str = ""  # mask store, same resolution as the images
+    labels: str = ""  # Kaggle train.csv or public-HPA table
+    folds: str | None = None  # ID,fold CSV; None: made from the labels (n_folds, fold_seed)
+    pseudo_labels: str | None = None  # cell table (stages 2–3): per-cell targets
+    solution: str | None = None  # per-cell ground truth (synthetic data): cell metric in validation
+
+
+@dataclass
+class DataConfig:
+    root: str = "."
+    sources: list[SourceConfig] = field(default_factory=list)
+    n_folds: int = 5
+    fold_seed: int = 0
+    crop_size: int | None = 512  # training random crop (None: whole field)
+    valid_crop_size: int | None = 512  # validation centre crop (None: whole field)
+    hflip_p: float = 0.5
+    vflip_p: float = 0.0
+    mean: float = 0.5  # Normalize((x/255 − mean)/std), same for the 4 channels
+    std: float = 0.125
+    heavy_pixel_aug: list[dict[str, Any]] = field(default_factory=list)  # albumentations specs, heavy view only
+    batch_size: int = 8
+    valid_batch_size: int | None = None  # default 2 × batch_size
+    num_workers: int = 4
+
+
+@dataclass
+class LossConfig:
+    objective: str = "focal"  # image-level class loss: "focal" (γ below) or "bce"
+    focal_gamma: float = 2.0
+    class_weight: float = 1.0  # weight of the image-level class loss
+
+
+@dataclass
+class ConsistencyConfig:
+    max_alpha: float = 1.0  # weight of the consistency loss
+    alpha_ramp: float = 0.0  # > 0: α rises linearly over this fraction of all steps
+    criterion: str = "ce"  # "ce", "focal" (targets are probabilities), "l1", "l2" (logits; stage 1 only)
+    targets: str = "all"  # "all" or "positive_only" (classes of the image label only)
+    hard_label_threshold: float | None = None  # p ≥ t → 1, p ≤ 1−t → 0, others ignored
+
+
+@dataclass
+class AugmentConfig:
+    """Batch augmentations of the training step (on the device)."""
+
+    cutmix_p: float = 0.0  # CutMix on the clean view
+    cutmix_heavy_p: float = 1.0  # CutMix on the heavy view
+    cutmix_repeat: int = 1
+    drop_cell_p: float = 0.0  # erase random cells from the heavy view (and the mask)
+    angle_limit: float = 0.0  # heavy-view affine: rotation U(−a, a) degrees
+    shear_limit: float = 0.0  # shear U(−s, s) degrees per axis
+    scale_limit: float = 0.0  # scale 1 + U(−l, l)
+
+
+@dataclass
+class PredictConfig:
+    tta: str = "d4"  # "d4" (8 passes, mean of probabilities) or "none"
+    upsample: str = "bilinear"  # CAM → mask resolution: "bilinear" (as in training) or "nearest" (reference)
+    batch_size: int = 4
+    checkpoint: str = "last"  # "last", "best" or a path
+    after_fit: bool = True  # predict this fold's validation fields when training ends
+
+
+@dataclass
+class ValidationConfig:
+    cell_metric: bool = True  # competition metric on cells when sources give a solution
+
+
+@dataclass
+class ImageLevelConfig:
+    name: str = ""
+    model: CAMModelConfig = field(default_factory=CAMModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
+    """Check values the schema types cannot express; raise :class:`ConfigError` naming the key."""
+    _choice(cfg.loss.objective, OBJECTIVES, "loss.objective")
+    _choice(cfg.consistency.criterion, CONSISTENCY_CRITERIA, "consistency.criterion")
+    _choice(cfg.consistency.targets, ("all", "positive_only"), "consistency.targets")
+    _choice(cfg.model.head, ("conv", "cosine"), "model.head")
+    _choice(cfg.predict.tta, ("d4", "none"), "predict.tta")
+    _choice(cfg.predict.upsample, ("bilinear", "nearest"), "predict.upsample")
+    t = cfg.consistency.hard_label_threshold
+    if t is not None and not 0.5 <= t <= 1.0:
+        raise ConfigError(f"consistency.hard_label_threshold: {t} must be in [0.5, 1]")
+    if cfg.data.n_folds < 2:
+        raise ConfigError(f"data.n_folds: {cfg.data.n_folds} must be at least 2")
+    if cfg.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} must be at least 1")
+    for i, src in enumerate(cfg.data.sources):
+        for key in ("images", "masks", "labels"):
+            if not getattr(src, key):
+                raise ConfigError(f"data.sources[{i}].{key} is required (a path relative to data.root)")
+    pseudo = [bool(s.pseudo_labels) for s in cfg.data.sources]
+    if any(pseudo) and not all(pseudo):
+        raise ConfigError("data.sources: set pseudo_labels on every source or on none")
+    if any(pseudo) and cfg.consistency.criterion in ("l1", "l2"):
+        raise ConfigError(f"consistency.criterion {cfg.consistency.criterion!r} compares logits: stage 1 only (no pseudo_labels)")
+    return cfg
+
+
+def load_image_level_config(path: str | Path | None, overrides: list[str] = ()) -> ImageLevelConfig:
+    """Read and check an image-level config (YAML + ``a.b=value`` overrides)."""
+    from hpasc.config import load_config
+
+    return validate(load_config(ImageLevelConfig, path, list(overrides)))
+
+
+def resolve_path(root: str | Path, path: str | None) -> str | None:
+    """``path`` relative to ``root`` unless it is absolute or a URL."""
+    if path is None or path == "":
+        return path
+    if "://" in path or Path(path).is_absolute():
+        return path
+    return str(Path(root) / path)

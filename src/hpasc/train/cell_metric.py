@@ -1,0 +1,51 @@
+"""The competition metric on validation cells (fields with per-cell ground truth, e.g. synthetic).
+
+Predictions are turned into submission rows with the masks the model saw (no small-cell
+post-processing) and scored with :func:`hpasc.metric.evaluate` against the ground truth of the
+same fields. The masks must have the solution's resolution (true for ``hpasc synth`` data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+
+def read_solution(path: str) -> pd.DataFrame:
+    """A solution CSV (``ID,ImageWidth,ImageHeight,PredictionString``) with string ids."""
+    from hpasc.errors import InputError
+
+    try:
+        df = pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
+    except (OSError, pd.errors.ParserError) as exc:
+        raise InputError(f"cannot read solution {path}: {exc}") from exc
+    if "ID" not in df.columns or "PredictionString" not in df.columns:
+        raise InputError(f"{path}: expected columns ID,ImageWidth,ImageHeight,PredictionString")
+    return df
+
+
+def competition_map(table: pd.DataFrame, fields: Sequence[tuple[str, Any]], solution: pd.DataFrame) -> float:
+    """mAP@0.6 of the cell table ``table`` on ``fields`` = [(image_id, mask store), …]."""
+    from hpasc.io.images import read_mask
+    from hpasc.metric import evaluate
+    from hpasc.submission import SUBMISSION_COLUMNS, field_rows
+
+    ids = [fid for fid, _ in fields]
+    masks = ((fid, read_mask(store, fid)) for fid, store in fields)
+    rows = field_rows(masks, table, edge_area_threshold=0, center_area_threshold=0)
+    submission = pd.DataFrame(list(rows), columns=SUBMISSION_COLUMNS)
+    truth = solution[solution["ID"].isin(set(ids))].reset_index(drop=True)
+    return float(evaluate(truth, submission).map)
+
+
+class CellMetric:
+    """Callable hook for a training module: cell table of the validation fields → mAP."""
+
+    def __init__(self, fields: Sequence[tuple[str, Any]], solution: pd.DataFrame) -> None:
+        self.fields = list(fields)
+        self.solution = solution
+
+    def __call__(self, table: pd.DataFrame) -> float:
+        return competition_map(table, self.fields, self.solution)

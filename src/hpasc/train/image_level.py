@@ -1,0 +1,147 @@
+"""Train an image-level CAM-consistency model on one fold (or all folds) of a config.
+
+:func:`train_fold` builds the field table, the datasets (training fields of the other folds,
+validation fields of this fold), the module and the Trainer, fits, and — by default — predicts
+the fold's validation fields into ``valid_cells.parquet`` / ``valid_images.parquet`` (the
+out-of-fold predictions that ``hpasc oof`` joins).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from hpasc.errors import OutputError
+from hpasc.train import runs
+from hpasc.train.cam_config import ImageLevelConfig, resolve_path
+
+log = logging.getLogger("hpasc.train")
+
+
+def absolute_data_root(cfg: ImageLevelConfig) -> ImageLevelConfig:
+    """``data.root`` as an absolute path, so the saved config works from any directory."""
+    root = cfg.data.root
+    if "://" in root or Path(root).is_absolute():
+        return cfg
+    data = dataclasses.replace(cfg.data, root=str(Path(root).resolve()))
+    return dataclasses.replace(cfg, data=data)
+
+
+def _pseudo_labels(cfg: ImageLevelConfig):
+    import pandas as pd
+
+    from hpasc.cells import read_table
+    from hpasc.data.fields import PseudoLabels
+
+    paths = list(dict.fromkeys(resolve_path(cfg.data.root, s.pseudo_labels) for s in cfg.data.sources if s.pseudo_labels))
+    if not paths:
+        return None
+    tables = [read_table(p) for p in paths]
+    return PseudoLabels(pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0], source=", ".join(paths))
+
+
+def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
+    """The competition-metric hook when every validation field's source has a solution and
+    validation sees whole fields; None otherwise."""
+    from hpasc.train.cell_metric import CellMetric, read_solution
+
+    if not cfg.validation.cell_metric or cfg.data.valid_crop_size is not None or len(valid_rows) == 0:
+        return None
+    sources = sorted({int(table.source[r]) for r in valid_rows})
+    if not all(cfg.data.sources[s].solution for s in sources):
+        return None
+    import pandas as pd
+
+    solution = pd.concat(
+        [read_solution(resolve_path(cfg.data.root, cfg.data.sources[s].solution)) for s in sources], ignore_index=True
+    )
+    fields = [(table.ids[r], table.stores[table.source[r]][1]) for r in valid_rows]
+    return CellMetric(fields, solution)
+
+
+def _loaders(cfg: ImageLevelConfig, train_ds, valid_ds):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from hpasc.data.fields import collate_fields
+
+    d = cfg.data
+    common = dict(num_workers=d.num_workers, collate_fn=collate_fields, pin_memory=torch.cuda.is_available())
+    train = DataLoader(
+        train_ds, batch_size=d.batch_size, shuffle=True, drop_last=len(train_ds) > d.batch_size,
+        generator=torch.Generator().manual_seed(cfg.trainer.seed), **common,
+    )  # fmt: skip
+    valid = DataLoader(valid_ds, batch_size=d.valid_batch_size or 2 * d.batch_size, shuffle=False, **common)
+    return train, valid
+
+
+def train_fold(
+    cfg: ImageLevelConfig, fold: int, run_dir: str | Path, resume: bool = False, fold_path: str | Path | None = None
+) -> Path:
+    """Train ``fold`` of ``cfg`` into ``run_dir/fold-<fold>`` (or ``fold_path``); returns that folder.
+
+    ``resume`` continues from ``checkpoints/last.ckpt`` when it exists (a fresh start otherwise);
+    without it, a fold folder that already holds a checkpoint is an :class:`OutputError`.
+    """
+    from hpasc.config import dump_config
+    from hpasc.data.fields import FieldDataset, load_field_table
+    from hpasc.train.callbacks import DatasetEpoch
+    from hpasc.train.cam_module import CAMConsistencyModule
+    from hpasc.train.trainer import build_trainer, seed_everything
+
+    cfg = absolute_data_root(cfg)
+    out = Path(fold_path) if fold_path is not None else runs.fold_dir(run_dir, fold)
+    last = runs.last_checkpoint(out)
+    if last.exists() and not resume:
+        raise OutputError(f"{out} already holds a trained model ({last}); pass --resume to continue it or choose another --run-dir")
+    ckpt = str(last) if resume and last.exists() else None
+
+    seed_everything(cfg.trainer.seed + fold)
+    table = load_field_table(cfg.data)
+    train_rows, valid_rows = table.split(fold)
+    train_ds = FieldDataset(
+        table, train_rows, cfg.data, "train", _pseudo_labels(cfg), cfg.augment.drop_cell_p, seed=cfg.trainer.seed + 1000 * fold
+    )
+    valid_ds = FieldDataset(table, valid_rows, cfg.data, "valid")
+    train_loader, valid_loader = _loaders(cfg, train_ds, valid_ds)
+
+    module = CAMConsistencyModule(cfg, fold, _cell_metric(cfg, table, valid_rows))
+    trainer = build_trainer(cfg.trainer, out, name=f"{cfg.name or 'image-level'}/fold-{fold}", callbacks=[DatasetEpoch(train_ds)])
+    if trainer.is_global_zero:
+        dump_config(cfg, out / runs.CONFIG_NAME)
+    log.info("fold %d: %d training and %d validation fields -> %s", fold, len(train_rows), len(valid_rows), out)
+    trainer.fit(module, train_loader, valid_loader if len(valid_ds) else None, ckpt_path=ckpt)
+
+    if cfg.predict.after_fit:
+        if trainer.is_global_zero:
+            predict_fold_valid(out, device="cuda" if trainer.strategy.root_device.type == "cuda" else "cpu")
+        trainer.strategy.barrier("valid-predictions")
+    return out
+
+
+def predict_fold_valid(fold_path: str | Path, device: str = "auto", progress: bool = True) -> tuple[Path, Path]:
+    """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold."""
+    from hpasc.predict import PredictOptions, predict_valid, write_predictions
+
+    fold_path = Path(fold_path)
+    cells, images = predict_valid(fold_path, PredictOptions(device=device, progress=progress))
+    return write_predictions(cells, images, fold_path / runs.VALID_CELLS, fold_path / runs.VALID_IMAGES)
+
+
+def folds_to_train(cfg: ImageLevelConfig, fold: str) -> list[int]:
+    """``"all"`` → 0..n_folds−1; ``"3"`` → [3]; ``"0,2"`` → [0, 2]."""
+    from hpasc.errors import ConfigError
+
+    if fold == "all":
+        return list(range(cfg.data.n_folds))
+    try:
+        folds = [int(f) for f in str(fold).split(",") if f.strip()]
+    except ValueError:
+        raise ConfigError(f"--fold must be 'all', an index or a list like 0,2; got {fold!r}") from None
+    bad = [f for f in folds if not 0 <= f < cfg.data.n_folds]
+    if bad or not folds:
+        raise ConfigError(f"--fold {fold}: folds must lie in 0..{cfg.data.n_folds - 1}")
+    return folds

@@ -1,0 +1,195 @@
+"""The one Lightning ``Trainer`` factory of hpasc (image-level and cell-level models).
+
+The LightningModule holds the science; everything about devices, precision, distributed
+training, checkpoints, logging and progress is decided here from a :class:`TrainerConfig`.
+
+* devices: ``accelerator: auto`` uses the GPUs when present; ``devices``/``num_nodes`` spread
+  training with DDP (``strategy: auto`` → ``ddp`` for more than one device or node). Launch with
+  ``torchrun`` or ``srun`` (SLURM): Lightning reads the environment they set.
+* precision: ``auto`` → ``bf16-mixed`` on GPUs that support it, ``16-mixed`` on other GPUs,
+  ``32-true`` on CPU.
+* checkpoints in ``<fold dir>/checkpoints``: ``last.ckpt`` every epoch (resume, prediction) and
+  ``best-EEE.ckpt`` on the monitored metric.
+* loggers: CSV (``metrics.csv``) and TensorBoard by default; ``wandb`` / ``mlflow`` when listed
+  and installed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpasc.errors import ConfigError
+from hpasc.train.runs import checkpoint_dir
+
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
+
+
+@dataclass
+class TrainerConfig:
+    """Engineering of a training run (nothing here changes the method)."""
+
+    max_epochs: int = 50
+    accelerator: str = "auto"  # auto, cpu, gpu, cuda, mps
+    devices: str = "auto"  # "auto", a count ("4") or a list ("0,1")
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto → ddp when several devices/nodes; or any Lightning strategy name
+    precision: str = "auto"  # auto, 32-true, bf16-mixed, 16-mixed
+    sync_batchnorm: bool = True  # as the reference under DDP
+    seed: int = 0
+    deterministic: bool = False
+    cudnn_benchmark: bool = False
+    log_every_n_steps: int = 50
+    limit_train_batches: float = 1.0  # ≤ 1: fraction of the epoch; > 1: number of batches
+    limit_val_batches: float = 1.0
+    check_val_every_n_epoch: int = 1
+    num_sanity_val_steps: int = 0
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = 1
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    logger_project: str = "hpasc"  # W&B project / MLflow experiment
+    progress_bar: bool = True
+    monitor: str | None = "valid/map"  # metric for best-*.ckpt (None: only last.ckpt)
+    monitor_mode: str = "max"
+
+
+def _is_gpu(accelerator: str) -> bool:
+    import torch
+
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(cfg: TrainerConfig) -> str:
+    """``auto`` → bf16-mixed / 16-mixed on GPU, 32-true elsewhere."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    if _is_gpu(cfg.accelerator):
+        import torch
+
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def _device_count(devices: str) -> int | None:
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return None
+    if "," in text or text.startswith("["):
+        return len([d for d in text.strip("[]").split(",") if d.strip()])
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"trainer.devices: {devices!r} is not 'auto', a count or a list like '0,1'") from None
+
+
+def _devices_arg(devices: str) -> Any:
+    text = str(devices).strip()
+    if text == "auto":
+        return "auto"
+    if "," in text or text.startswith("["):
+        return [int(d) for d in text.strip("[]").split(",") if d.strip()]
+    return int(text)
+
+
+def resolve_strategy(cfg: TrainerConfig) -> Any:
+    """``auto`` → DDP (without unused-parameter search) for several devices or nodes."""
+    if cfg.strategy != "auto":
+        return cfg.strategy
+    n = _device_count(cfg.devices)
+    if (n is not None and n > 1) or cfg.num_nodes > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=False)
+    return "auto"
+
+
+def _limit(value: float) -> float | int:
+    return int(value) if value > 1 else float(value)
+
+
+def build_loggers(cfg: TrainerConfig, run_dir: Path, name: str = "") -> list:
+    """CSV (``metrics.csv`` in ``run_dir``), TensorBoard (``run_dir/tensorboard``), W&B, MLflow."""
+    from lightning.pytorch import loggers as pl_loggers
+
+    out = []
+    for kind in cfg.loggers:
+        if kind == "csv":
+            out.append(pl_loggers.CSVLogger(save_dir=str(run_dir), name="", version=""))
+        elif kind == "tensorboard":
+            out.append(pl_loggers.TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False))
+        elif kind == "wandb":
+            _require("wandb", "wandb")
+            out.append(pl_loggers.WandbLogger(project=cfg.logger_project, name=name or None, save_dir=str(run_dir)))
+        elif kind == "mlflow":
+            _require("mlflow", "mlflow")
+            out.append(pl_loggers.MLFlowLogger(experiment_name=cfg.logger_project, run_name=name or None, save_dir=str(run_dir / "mlruns")))
+        else:
+            raise ConfigError(f"trainer.loggers: unknown logger {kind!r}; expected some of {LOGGERS}")
+    return out
+
+
+def _require(module: str, package: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"trainer.loggers asks for {module} but it is not installed (pip install {package})")
+
+
+def build_trainer(cfg: TrainerConfig, run_dir: str | Path, name: str = "", callbacks: list | None = None):
+    """A ``lightning.Trainer`` writing checkpoints and logs into ``run_dir`` (a fold folder).
+
+    Examples
+    --------
+    >>> trainer = build_trainer(TrainerConfig(max_epochs=2), "runs/tiny/fold-0")
+    >>> trainer.fit(module, train_loader, valid_loader, ckpt_path=None)
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = checkpoint_dir(run_dir)
+    checkpoints = [ModelCheckpoint(dirpath=str(ckpt_dir), filename="last-epoch", save_last=True, save_top_k=0)]
+    if cfg.monitor:
+        checkpoints.append(
+            ModelCheckpoint(
+                dirpath=str(ckpt_dir), filename="best-{epoch:03d}", monitor=cfg.monitor, mode=cfg.monitor_mode,
+                save_top_k=1, auto_insert_metric_name=False,
+            )
+        )  # fmt: skip
+    loggers = build_loggers(cfg, run_dir, name)
+    extra = [LearningRateMonitor(logging_interval="epoch")] if loggers else []
+    # the fold folder already holds config.yaml when the CSV logger starts: that is expected
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=_devices_arg(cfg.devices),
+        num_nodes=cfg.num_nodes,
+        strategy=resolve_strategy(cfg),
+        precision=resolve_precision(cfg),
+        sync_batchnorm=cfg.sync_batchnorm,  # applied by parallel strategies only
+        max_epochs=cfg.max_epochs,
+        deterministic=cfg.deterministic,
+        benchmark=cfg.cudnn_benchmark,
+        log_every_n_steps=cfg.log_every_n_steps,
+        limit_train_batches=_limit(cfg.limit_train_batches),
+        limit_val_batches=_limit(cfg.limit_val_batches),
+        check_val_every_n_epoch=cfg.check_val_every_n_epoch,
+        num_sanity_val_steps=cfg.num_sanity_val_steps,
+        gradient_clip_val=cfg.gradient_clip_val,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        logger=loggers or False,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        callbacks=checkpoints + extra + list(callbacks or []),
+        default_root_dir=str(run_dir),
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (and DataLoader workers) for a reproducible run."""
+    import lightning as L
+
+    L.seed_everything(seed, workers=True, verbose=False)
