@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from hpasc.errors import InputError
-from hpasc.metric import average_precision, box_iou, evaluate, run_intersections, runs_box
-from hpasc.rle import encode_binary_mask, mask_string_runs
+from hpasc.metric import average_precision, box_iou, evaluate, run_intersections, runs_boxes
+from hpasc.rle import decode_mask_strings, encode_binary_mask
 
 H = W = 10
 
@@ -210,7 +210,7 @@ def test_run_intersections_match_dense_masks():
     overlapping = gt + [gt[0] | gt[1]]  # not disjoint: the slow path
 
     def runs(masks):
-        return [mask_string_runs(encode_binary_mask(m), h, w) for m in masks]
+        return decode_mask_strings([encode_binary_mask(m) for m in masks], h, w)
 
     for truth in (gt, overlapping):
         expected = np.array([[(d & g).sum() for g in truth] for d in dets])
@@ -219,11 +219,22 @@ def test_run_intersections_match_dense_masks():
 
 def test_runs_box_and_box_iou():
     h, w = 7, 5
-    for mask in (box(2, 5, 1, 3, h, w), box(0, 7, 2, 3, h, w) | box(6, 7, 3, 5, h, w)):
+    masks = [
+        box(2, 5, 1, 3, h, w),
+        np.zeros((h, w), bool),
+        box(0, 7, 2, 3, h, w) | box(6, 7, 3, 5, h, w),  # runs crossing columns
+        box(3, 4, 4, 5, h, w),
+    ]
+    expected = []
+    for mask in masks:
         ys, xs = np.nonzero(mask)
-        expected = [ys.min() / h, xs.min() / w, (ys.max() + 1) / h, (xs.max() + 1) / w]
-        runs = mask_string_runs(encode_binary_mask(mask), h, w)
-        assert runs_box(runs, h, w).tolist() == expected
+        expected.append(
+            [ys.min() / h, xs.min() / w, (ys.max() + 1) / h, (xs.max() + 1) / w]
+            if ys.size
+            else [0.0] * 4
+        )
+    runs = decode_mask_strings([encode_binary_mask(m) for m in masks], h, w)
+    assert runs_boxes(runs, h, w).tolist() == expected
     a = np.array([[0.0, 0.0, 0.5, 0.5]])
     b = np.array([[0.25, 0.25, 0.75, 0.75], [0.0, 0.0, 0.5, 0.5]])
     np.testing.assert_allclose(box_iou(a, b), [[0.0625 / 0.4375, 1.0]])
@@ -310,7 +321,9 @@ def random_case(rng):
             shaken = m.copy()
             shaken[rng.random((H, W)) < 0.1] ^= True
             for c in range(4):
-                items.append((c, float(rng.integers(0, 5)) / 4, shaken if rng.random() < 0.5 else m))
+                items.append(
+                    (c, float(rng.integers(0, 5)) / 4, shaken if rng.random() < 0.5 else m)
+                )
         order = rng.permutation(len(items))
         submission.append((f"f{f}", [items[i] for i in order]))
     return solution, submission

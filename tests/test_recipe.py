@@ -129,3 +129,22 @@ def test_dry_run_cli(recipe, tmp_path, cli):
     assert json.loads((tmp_path / "w/folds/.hpasc-done.json").read_text())["fingerprint"]
     r = cli("run", p, "--data", tmp_path, "--work", tmp_path / "w", "--dry-run")
     assert "[done  ] folds" in r.stdout
+
+
+@step_kind("toy-resume")
+def _toy_resume(p, ctx):
+    CALLS.append(f"resume={ctx.resume}")
+    if not (ctx.out / "half").exists():
+        (ctx.out / "half").write_text("x")
+        raise RuntimeError("killed half way")
+
+
+def test_interrupted_task_resumes(tmp_path):
+    CALLS.clear()
+    p = tmp_path / "r.yaml"
+    p.write_text("steps:\n  - name: x\n    kind: toy-resume\n")
+    r = load_recipe(p, work=tmp_path / "w")
+    with pytest.raises(StepFailed):
+        run_recipe(r, echo=lambda s: None)
+    run_recipe(r, echo=lambda s: None)
+    assert CALLS == ["resume=False", "resume=True"]

@@ -173,7 +173,7 @@ def test_check_accepts_valid_rows_and_reports_bad_ones_with_their_row(tmp_path):
     text = [str(p) for p in problems]
     assert "label '19'" in text[0]
     assert "'1.5' is not in [0, 1]" in text[1]
-    assert "not 10x12" in text[2]
+    assert "not add up to 12x10" in text[2]
     assert "repeats row 2" in text[4]
     assert text[0].startswith("row 3: ID 'g'")
 

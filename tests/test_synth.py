@@ -19,8 +19,8 @@ from scipy import ndimage
 
 from hpasc.classes import NEGATIVE
 from hpasc.errors import OutputError
+from hpasc.io.images import CHANNELS
 from hpasc.synth import (
-    CHANNELS,
     PATTERN_CLASSES,
     field_id,
     field_rng,
@@ -217,6 +217,8 @@ def test_existing_output(tmp_path: Path) -> None:
     file.write_text("x")
     with pytest.raises(OutputError, match="is a file"):
         synthesize(file, n_images=1, size=128, seed=0, progress=False)
+    with pytest.raises(OutputError, match="writable"):
+        synthesize(file / "below", n_images=1, size=128, seed=0, progress=False)
     out = tmp_path / "set"
     synthesize(out, n_images=3, size=128, seed=0, progress=False)
     with pytest.raises(OutputError, match="--overwrite"):

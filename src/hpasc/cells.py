@@ -8,7 +8,6 @@ different models are combined by key (``image_id``, ``cell_id``), never by row o
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,20 +94,16 @@ def validate_table(df: pd.DataFrame, source: str = "") -> None:
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Validate and write a table to Parquet atomically (temporary file, then rename)."""
+    """Validate and write a table to Parquet atomically (it appears only when complete)."""
+    from hpasc.io.store import Store
+
     validate_table(df, str(path))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with Store(path.parent).open(path.name, "wb") as fh:
+            df.to_parquet(fh, index=False)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

@@ -68,7 +68,9 @@ _register_commands()
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: user errors become one line and a non-zero exit."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except HpascError as exc:
         if _DEBUG["on"]:
             raise

@@ -28,7 +28,6 @@ string decoded once per field), never from full-size masks.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,14 +35,12 @@ import pandas as pd
 
 from hpasc.classes import CLASS_NAMES, NUM_CLASSES
 from hpasc.errors import InputError
-from hpasc.rle import mask_string_runs
+from hpasc.rle import MaskStringError, RunLists, decode_mask_strings
 from hpasc.submission import CsvRow, iter_csv_rows, parse_size
 
 MAX_DETECTIONS = 10_000
 MIN_SCORE = -10.0  # detections with a confidence at or below this are dropped
 MODES = ("mask", "box")
-
-Runs = tuple[np.ndarray, np.ndarray]  # (starts, ends) of a mask's column-major foreground runs
 
 
 @dataclass(frozen=True)
@@ -64,71 +61,60 @@ class MetricResult:
                 f"{k:>3} {CLASS_NAMES[k]:<42} {self.n_gt.get(k, 0):>7} "
                 f"{self.n_detections.get(k, 0):>9} {ap:>7}"
             )
-        lines.append(f"mAP@{len(self.per_class)} classes: {self.map:.4f}")
+        lines.append(f"mAP over {len(self.per_class)} classes: {self.map:.4f}")
         return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- geometry on runs
 
 
-def run_intersections(a: Sequence[Runs], b: Sequence[Runs]) -> np.ndarray:
-    """Pixel counts of the pairwise intersections of two lists of run-length masks.
+def run_intersections(a: RunLists, b: RunLists) -> np.ndarray:
+    """Pixel counts of the pairwise intersections of two sets of run-length masks.
 
-    Each mask is (starts, ends): sorted, disjoint runs. Returns an (len(a), len(b)) int64 matrix.
+    Returns an (a.count, b.count) int64 matrix.
     """
-    out = np.zeros(len(a) * len(b), dtype=np.float64)
-    if not a or not b:
-        return out.reshape(len(a), len(b)).astype(np.int64)
-    a_starts = np.concatenate([s for s, _ in a])
-    a_ends = np.concatenate([e for _, e in a])
-    a_label = np.repeat(np.arange(len(a)), [s.size for s, _ in a])
-    b_starts = np.concatenate([s for s, _ in b])
-    b_ends = np.concatenate([e for _, e in b])
-    b_label = np.repeat(np.arange(len(b)), [s.size for s, _ in b])
-    order = np.argsort(b_starts, kind="stable")
-    b_starts, b_ends, b_label = b_starts[order], b_ends[order], b_label[order]
+    out = np.zeros(a.count * b.count, dtype=np.float64)
+    order = np.argsort(b.starts, kind="stable")
+    b_starts, b_ends, b_owner = b.starts[order], b.ends[order], b.owner[order]
     # Sorted disjoint runs are searchable as one list; overlapping masks (rare) one by one.
     if np.all(b_starts[1:] >= b_ends[:-1]):
-        groups = [np.arange(b_starts.size)]
+        groups = [slice(None)]
     else:
-        groups = [np.flatnonzero(b_label == j) for j in range(len(b))]
+        groups = [b_owner == j for j in range(b.count)]
     for g in groups:
-        gs, ge, gl = b_starts[g], b_ends[g], b_label[g]
-        lo = np.searchsorted(ge, a_starts, side="right")  # first run ending after a's start
-        hi = np.searchsorted(gs, a_ends, side="left")  # runs starting before a's end
+        gs, ge, go = b_starts[g], b_ends[g], b_owner[g]
+        lo = np.searchsorted(ge, a.starts, side="right")  # first run ending after a's start
+        hi = np.searchsorted(gs, a.ends, side="left")  # runs starting before a's end
         n = np.maximum(hi - lo, 0)
         total = int(n.sum())
         if total == 0:
             continue
-        ai = np.repeat(np.arange(a_starts.size), n)
+        ai = np.repeat(np.arange(a.starts.size), n)
         bi = lo[ai] + np.arange(total) - np.repeat(np.cumsum(n) - n, n)
-        overlap = np.minimum(a_ends[ai], ge[bi]) - np.maximum(a_starts[ai], gs[bi])
-        out += np.bincount(
-            a_label[ai] * len(b) + gl[bi], weights=overlap, minlength=out.size
-        )  # float64 sums of integers below 2**53 are exact
-    return out.reshape(len(a), len(b)).astype(np.int64)
+        overlap = np.minimum(a.ends[ai], ge[bi]) - np.maximum(a.starts[ai], gs[bi])
+        # float64 sums of integers below 2**53 are exact
+        out += np.bincount(a.owner[ai] * b.count + go[bi], weights=overlap, minlength=out.size)
+    return out.reshape(a.count, b.count).astype(np.int64)
 
 
-def runs_box(runs: Runs, height: int, width: int) -> np.ndarray:
-    """Tight box [ymin, xmin, ymax, xmax] of a run-length mask, normalised by the image size.
+def runs_boxes(runs: RunLists, height: int, width: int) -> np.ndarray:
+    """Tight boxes [ymin, xmin, ymax, xmax] of run-length masks, normalised by the image size.
 
     As the reference: ``[min(y)/H, min(x)/W, (max(y)+1)/H, (max(x)+1)/W]``; zeros when empty.
     """
-    starts, ends = runs
-    if starts.size == 0:
-        return np.zeros(4)
-    first_col, last_col = starts // height, (ends - 1) // height
-    ymin, ymax = int((starts % height).min()), int(((ends - 1) % height).max())
-    if (first_col != last_col).any():  # a run crossing a column covers rows H-1 and 0
-        ymin, ymax = 0, height - 1
-    return np.array(
-        [
-            float(ymin) / height,
-            float(first_col.min()) / width,
-            float(ymax + 1) / height,
-            float(last_col.max() + 1) / width,
-        ]
-    )
+    boxes = np.zeros((runs.count, 4))
+    if runs.starts.size == 0:
+        return boxes
+    first_col, last_col = runs.starts // height, (runs.ends - 1) // height
+    crosses = first_col != last_col  # a run crossing a column covers rows H-1 and 0
+    top = np.where(crosses, 0, runs.starts % height)
+    bottom = np.where(crosses, height - 1, (runs.ends - 1) % height)
+    present, seg = np.unique(runs.owner, return_index=True)
+    boxes[present, 0] = np.minimum.reduceat(top, seg) / height
+    boxes[present, 1] = np.minimum.reduceat(first_col, seg) / width
+    boxes[present, 2] = (np.maximum.reduceat(bottom, seg) + 1) / height
+    boxes[present, 3] = (np.maximum.reduceat(last_col, seg) + 1) / width
+    return boxes
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -198,7 +184,7 @@ class _Truth:
             self.masks, self.height, self.width, f"solution row {self.row}"
         )
         if mode == "mask":  # empty ground-truth masks are not scored
-            self.counted = np.array([r[0].size > 0 for r in runs], dtype=bool)[gt_of]
+            self.counted = (runs.areas() > 0)[gt_of]
         else:
             self.counted = np.ones(len(self.labels), dtype=bool)
         return gt_of, runs
@@ -240,20 +226,14 @@ def _read_solution(source) -> dict[str, _Truth]:
 
 
 def _decode_distinct(texts: list[str], height: int, width: int, where: str):
-    """Decode each distinct mask string once: (index of each text, list of runs)."""
+    """Decode each distinct mask string once: (mask index of each text, run lists)."""
     index: dict[str, int] = {}
-    runs: list[Runs] = []
-    which = np.empty(len(texts), dtype=np.int64)
-    for i, text in enumerate(texts):
-        j = index.get(text)
-        if j is None:
-            try:
-                runs.append(mask_string_runs(text, height, width))
-            except ValueError as exc:
-                raise InputError(f"{where}: mask {text[:20]!r}…: {exc}") from None
-            j = index[text] = len(runs) - 1
-        which[i] = j
-    return which, runs
+    which = np.array([index.setdefault(t, len(index)) for t in texts], dtype=np.int64)
+    try:
+        return which, decode_mask_strings(list(index), height, width)
+    except MaskStringError as exc:
+        text = list(index)[exc.index]
+        raise InputError(f"{where}: mask {text[:20]!r}…: {exc}") from None
 
 
 def _parse_detections(row: CsvRow, where: str):
@@ -299,18 +279,14 @@ def _field_detections(row: CsvRow, truth: _Truth, mode: str, where: str):
     idx = np.flatnonzero(keep)
     det_of, det_runs = _decode_distinct([texts[i] for i in idx], height, width, where)
     gt_of, gt_runs = truth.decode(mode)
-    det_area = np.array([int((e - s).sum()) for s, e in det_runs], dtype=np.int64)
-    gt_area = np.array([int((e - s).sum()) for s, e in gt_runs], dtype=np.int64)
+    det_area, gt_area = det_runs.areas(), gt_runs.areas()
     if mode == "mask":
         inter = run_intersections(det_runs, gt_runs)
         union = det_area[:, None] + gt_area[None, :] - inter
         with np.errstate(divide="ignore", invalid="ignore"):
             iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     else:
-        iou = box_iou(
-            np.array([runs_box(r, height, width) for r in det_runs]),
-            np.array([runs_box(r, height, width) for r in gt_runs]),
-        )
+        iou = box_iou(runs_boxes(det_runs, height, width), runs_boxes(gt_runs, height, width))
     nonempty = det_area[det_of] > 0  # empty detection masks are dropped
     idx, det_of = idx[nonempty], det_of[nonempty]
     gt_labels = np.asarray(truth.labels, dtype=np.int64)
@@ -369,7 +345,8 @@ def evaluate(
     if progress:
         from tqdm import tqdm
 
-        rows = tqdm(rows, desc="evaluate", unit="field", total=len(truth), leave=False)
+        # disable=None: only on a terminal
+        rows = tqdm(rows, desc="evaluate", unit="row", leave=False, disable=None)
     for row in rows:
         t = truth.get(row.ID)
         if t is None or not t.labels:

@@ -11,10 +11,12 @@ differences are listed in ``docs/prepare.md``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cv2
@@ -23,7 +25,17 @@ import pandas as pd
 from scipy import ndimage
 
 from hpasc.errors import InputError
-from hpasc.runner import RunSummary, run_fields
+from hpasc.io.images import (
+    CHANNELS,
+    encode_png,
+    list_field_ids,
+    list_mask_ids,
+    read_field,
+    read_mask,
+    to_uint8,
+)
+from hpasc.io.store import Store
+from hpasc.runner import RunSummary, parse_shard, run_fields, shard_ids
 
 INTERPOLATIONS = {
     "area": cv2.INTER_AREA,
@@ -31,6 +43,7 @@ INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST_EXACT,
     "cubic": cv2.INTER_CUBIC,
 }
+StoreLike = Store | str | os.PathLike
 CELL_TABLE = "cells.parquet"
 _BBOX = ["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]
 _GEOMETRY = ["area", *_BBOX, "centroid_y", "centroid_x"]
@@ -157,7 +170,7 @@ def cell_table(
         Written to the ``image_id`` column.
     orig_shape : (H0, W0), optional
         Size of the original field: adds ``*_orig`` columns scaled from mask resolution
-        (area × H0·W0 / (H·W); bbox and centroid × H0/H, W0/W).
+        (area × H0·W0 / (H·W); bbox edges × H0/H, W0/W; centroids as pixel centres).
     orig_mask : ndarray (H0, W0), optional
         The mask at original resolution: ``*_orig`` columns are measured on it (exact); a cell
         absent there gets NaN.
@@ -200,18 +213,24 @@ def _table_records(
                     rec[f"{name}_orig"][row] = ogeo[where[k], j]
     elif orig_shape is not None:
         fy, fx = orig_shape[0] / h, orig_shape[1] / w
-        scale = {"area": fy * fx, "bbox_y0": fy, "bbox_y1": fy, "centroid_y": fy}
-        scale.update(bbox_x0=fx, bbox_x1=fx, centroid_x=fx)
-        for name in _GEOMETRY:
-            rec[f"{name}_orig"] = rec[name] * scale[name]
+        rec["area_orig"] = rec["area"] * (fy * fx)
+        for axis, f in (("y", fy), ("x", fx)):
+            rec[f"bbox_{axis}0_orig"] = rec[f"bbox_{axis}0"] * f  # edges scale as they are
+            rec[f"bbox_{axis}1_orig"] = rec[f"bbox_{axis}1"] * f
+            # pixel centres: x at mask scale covers [x, x+1), centre x + 0.5
+            rec[f"centroid_{axis}_orig"] = (rec[f"centroid_{axis}"] + 0.5) * f - 0.5
     return rec
 
 
-def _table_frame(rec: np.ndarray, image_id: str, orig: bool | None = None) -> pd.DataFrame:
-    """Structured records → DataFrame; ``orig=None`` adds ``*_orig`` columns if any is known."""
+def _table_frame(rec: np.ndarray, image_id: Any, orig: bool | None = None) -> pd.DataFrame:
+    """Structured records → DataFrame; ``orig=None`` adds ``*_orig`` columns if any is known.
+
+    ``image_id``: one id for all rows, or one per row.
+    """
+    ids = [image_id] * len(rec) if isinstance(image_id, str) else list(image_id)
     frame = pd.DataFrame(
         {
-            "image_id": pd.Series([image_id] * len(rec), dtype=object),
+            "image_id": pd.Series(ids, dtype=object),
             "cell_id": rec["cell_id"].astype(np.int32),
             "area": rec["area"].astype(np.int64),
             **{c: rec[c].astype(np.int64) for c in _BBOX},
@@ -226,14 +245,6 @@ def _table_frame(rec: np.ndarray, image_id: str, orig: bool | None = None) -> pd
         for name in _GEOMETRY:
             frame[f"{name}_orig"] = rec[f"{name}_orig"]
     return frame
-
-
-def _as_uint8(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image
-    from hpasc.io.images import to_uint8
-
-    return to_uint8(image)
 
 
 def crop_cells(
@@ -272,7 +283,7 @@ def crop_cells(
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} sizes differ")
     if size < 2:
         raise ValueError(f"size must be >= 2, got {size}")
-    image = _as_uint8(image)
+    image = to_uint8(image)
     cells = _cell_slices(mask)
     crops = np.zeros((len(cells), 8, size, size), dtype=np.uint8)
     ids = np.array([k for k, _ in cells], dtype=np.int32)
@@ -329,8 +340,15 @@ def encode_crops(crops: np.ndarray, cell_ids: np.ndarray, cells: np.ndarray | No
     arrays = {"crops": crops, "cell_ids": np.asarray(cell_ids, dtype=np.int32)}
     if cells is not None:
         arrays["cells"] = cells
+    # np.savez_compressed stamps entries with the current time; a fixed stamp makes the same
+    # crops give the same bytes (reproducible, comparable outputs).
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, array in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -339,12 +357,12 @@ def record_name(field_id: str) -> str:
     return f"{field_id}.npz"
 
 
-def write_crops(store: Any, field_id: str, crops: np.ndarray, cell_ids: np.ndarray) -> None:
+def write_crops(store: Store, field_id: str, crops: np.ndarray, cell_ids: np.ndarray) -> None:
     """Write one crop record ``<id>.npz`` (atomic, as every store write)."""
     store.write_bytes(record_name(field_id), encode_crops(crops, cell_ids))
 
 
-def _load_record(store: Any, field_id: str) -> Any:
+def _load_record(store: Store, field_id: str) -> Any:
     name = record_name(field_id)
     if not store.exists(name):
         raise InputError(f"no crop record {name} in {store}; run `hpasc crop` for this field")
@@ -356,56 +374,60 @@ def _load_record(store: Any, field_id: str) -> Any:
         ) from exc
 
 
-def read_crops(store: Any, field_id: str) -> tuple[np.ndarray, np.ndarray]:
+def read_crops(store: Store | str, field_id: str) -> tuple[np.ndarray, np.ndarray]:
     """A field's crops (n, 8, S, S) uint8 and cell ids (n,) int32 from a crop set."""
-    with _load_record(store, field_id) as rec:
+    with _load_record(_open(_url(store)), field_id) as rec:
         return rec["crops"], rec["cell_ids"]
 
 
-def list_crop_ids(store: Any) -> list[str]:
+def list_crop_ids(store: Store | str) -> list[str]:
     """Field ids that have a crop record in a crop set, sorted."""
-    return sorted(os.path.basename(n)[: -len(".npz")] for n in store.list("*.npz"))
+    return sorted(n[: -len(".npz")] for n in _open(_url(store)).list("*.npz"))
 
 
-def read_crop_cell_table(store: Any, ids: list[str] | None = None) -> pd.DataFrame:
-    """The cell table kept in the records of a crop set (all fields, or ``ids``)."""
-    frames = []
-    for field_id in list_crop_ids(store) if ids is None else ids:
+def _stored_tables(store: Store, ids: list[str]) -> dict[str, np.ndarray]:
+    """The cell-table records kept in the crop records of ``ids``."""
+    tables = {}
+    for field_id in ids:
         with _load_record(store, field_id) as rec:
             if "cells" not in rec.files:
                 raise InputError(
-                    f"crop record {record_name(field_id)} in {store} has no cell "
-                    "table; re-run `hpasc crop --overwrite`"
+                    f"crop record {record_name(field_id)} in {store} has no cell table; "
+                    "re-run `hpasc crop --overwrite`"
                 )
-            frames.append(_table_frame(rec["cells"], field_id))
-    return _concat(frames)
+            tables[field_id] = rec["cells"]
+    return tables
 
 
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    if not frames:
-        return _table_frame(np.zeros(0, dtype=_TABLE_DTYPE), "")
-    full = [f for f in frames if len(f)] or frames[:1]
-    return pd.concat(full, ignore_index=True).sort_values(
-        ["image_id", "cell_id"], ignore_index=True
-    )
+def _merge_tables(tables: dict[str, np.ndarray], orig: bool | None = None) -> pd.DataFrame:
+    """One cell table from per-field records, sorted by (image_id, cell_id)."""
+    ids = sorted(tables)
+    rec = np.concatenate([tables[i] for i in ids]) if ids else np.zeros(0, _TABLE_DTYPE)
+    # Records hold cells in ascending id order, so the rows come out sorted.
+    return _table_frame(rec, np.repeat(ids, [len(tables[i]) for i in ids]), orig)
+
+
+def read_crop_cell_table(store: Store | str, ids: list[str] | None = None) -> pd.DataFrame:
+    """The cell table kept in the records of a crop set (all fields, or ``ids``)."""
+    store = _open(_url(store))
+    return _merge_tables(_stored_tables(store, list_crop_ids(store) if ids is None else ids))
 
 
 # --------------------------------------------------------------------------- sets
 
 
-def _url(store: Any) -> str:
+def _url(store: Store | str | os.PathLike) -> str:
     """A picklable description of a store for worker processes (they re-open it)."""
     return str(getattr(store, "url", None) or os.fspath(store))
 
 
 @functools.cache
-def _store_in_process(url: str, pid: int) -> Any:
-    from hpasc.io.store import Store
+def _store_in_process(url: str, pid: int) -> Store:
 
     return Store(url)
 
 
-def _open(url: str) -> Any:
+def _open(url: str) -> Store:
     # One Store per url and process: a forked worker builds its own.
     return _store_in_process(url, os.getpid())
 
@@ -417,7 +439,6 @@ def _channel_name(field_id: str, channel: str) -> str:
 def _resize_one(
     in_url: str, size: int, masks: bool, interpolation: str, dtype: str | None, field_id: str
 ) -> dict[str, bytes]:
-    from hpasc.io.images import CHANNELS, encode_png, read_field, read_mask
 
     src = _open(in_url)
     if masks:
@@ -425,18 +446,30 @@ def _resize_one(
         return {f"{field_id}.png": encode_png(mask.astype(np.uint16, copy=False))}
     out = resize_image(read_field(src, field_id), size, interpolation)
     if dtype == "uint8":
-        out = _as_uint8(out)
+        out = to_uint8(out)
     return {_channel_name(field_id, ch): encode_png(out[..., c]) for c, ch in enumerate(CHANNELS)}
 
 
-def _write_files(store: Any, field_id: str, files: dict[str, bytes]) -> None:
+@contextlib.contextmanager
+def _output(store: Store | str | os.PathLike) -> Iterator[Store]:
+    """The output store of a verb. Zip writes are committed even when the run stops (error,
+    Ctrl-C): every file written is complete, and keeping them is what makes resume work."""
+
+    out = Store(_url(store))
+    try:
+        yield out
+    finally:
+        out.close()
+
+
+def _write_files(store: Store, field_id: str, files: dict[str, bytes]) -> None:
     for name, data in files.items():
         store.write_bytes(name, data)
 
 
-def _skip_existing(out: Any, names: Callable[[str], list[str]]) -> Callable[[str], bool]:
+def _skip_existing(out: Store, names: Callable[[str], list[str]]) -> Callable[[str], bool]:
     """Resume: a field is done when all its output names exist (listed once, up front)."""
-    present = {os.path.basename(n) for n in out.list()}
+    present = set(out.list())
     return lambda field_id: all(n in present for n in names(field_id))
 
 
@@ -450,8 +483,8 @@ def _check_options(size: int, on_error: str, workers: int) -> None:
 
 
 def resize_set(
-    in_store: Any,
-    out_store: Any,
+    in_store: StoreLike,
+    out_store: StoreLike,
     size: int,
     *,
     masks: bool = False,
@@ -469,8 +502,6 @@ def resize_set(
     their bit depth unless ``dtype="uint8"``; masks use exact nearest neighbour. Fields whose
     outputs all exist are skipped unless ``overwrite``.
     """
-    from hpasc.io.images import CHANNELS, list_field_ids, list_mask_ids
-    from hpasc.io.store import Store
 
     _check_options(size, on_error, workers)
     if interpolation != "auto" and interpolation not in INTERPOLATIONS:
@@ -489,7 +520,7 @@ def resize_set(
     def names(field_id: str) -> list[str]:
         return [f"{field_id}.png"] if masks else [_channel_name(field_id, c) for c in CHANNELS]
 
-    with Store(_url(out_store)) as out:
+    with _output(out_store) as out:
         return run_fields(
             ids,
             functools.partial(_resize_one, in_url, size, masks, interpolation, dtype),
@@ -507,7 +538,6 @@ def resize_set(
 def _crop_one(
     images_url: str, masks_url: str, orig_url: str | None, size: int, field_id: str
 ) -> tuple[bytes, np.ndarray]:
-    from hpasc.io.images import read_field, read_mask
 
     images, masks = _open(images_url), _open(masks_url)
     mask = read_mask(masks, field_id)
@@ -530,12 +560,12 @@ def cell_table_name(shard: tuple[int, int] | None) -> str:
 
 
 def crop_set(
-    images: Any,
-    masks: Any,
-    out: Any,
+    images: StoreLike,
+    masks: StoreLike,
+    out: StoreLike,
     size: int = 192,
     *,
-    orig_masks: Any = None,
+    orig_masks: StoreLike | None = None,
     workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     overwrite: bool = False,
@@ -552,9 +582,6 @@ def crop_set(
     without ``shard`` after all shards finished skips every field and writes the whole
     ``cells.parquet``.
     """
-    from hpasc.io.images import list_field_ids
-    from hpasc.io.store import Store
-    from hpasc.runner import parse_shard, shard_ids
 
     _check_options(size, on_error, workers)
     if isinstance(shard, str):
@@ -567,14 +594,13 @@ def crop_set(
     if shard is not None:
         ids = shard_ids(ids, *shard)
 
-    tables: dict[str, pd.DataFrame] = {}
+    tables: dict[str, np.ndarray] = {}
 
     def keep(field_id: str, result: tuple[bytes, np.ndarray]) -> None:
-        record, cells = result
+        record, tables[field_id] = result
         dest.write_bytes(record_name(field_id), record)
-        tables[field_id] = _table_frame(cells, field_id, orig=orig_url is not None)
 
-    with Store(_url(out)) as dest:
+    with _output(out) as dest:
         skip = None if overwrite else _skip_existing(dest, lambda i: [record_name(i)])
         summary = run_fields(
             ids,
@@ -588,7 +614,8 @@ def crop_set(
             progress=progress,
         )
         skipped = [i for i in ids if i not in tables and skip is not None and skip(i)]
-        table = _concat([*tables.values(), read_crop_cell_table(dest, skipped)])
+        tables.update(_stored_tables(dest, skipped))
+        table = _merge_tables(tables, orig=True if orig_url is not None else None)
         buf = io.BytesIO()
         table.to_parquet(buf, index=False)
         dest.write_bytes(cell_table_name(shard), buf.getvalue())

@@ -41,6 +41,7 @@ from hpasc.errors import ConfigError, HpascError
 log = logging.getLogger("hpasc.recipe")
 
 DONE_FILE = ".hpasc-done.json"
+RUNNING_FILE = ".hpasc-running.json"
 _REF = re.compile(r"\$\{(data|work|out|recipe|fold|step:[A-Za-z0-9_.\-]+)\}")
 _RESERVED = {"name", "kind", "needs", "folds", "description"}
 
@@ -57,6 +58,7 @@ class TaskContext:
     recipe_dir: Path
     n_folds: int | None
     log_file: Path
+    resume: bool = False  # an interrupted run of this same task left partial outputs to keep
 
 
 StepFn = Callable[[dict[str, Any], TaskContext], None]
@@ -286,8 +288,8 @@ def _folds_of(recipe: Recipe, name: str) -> list[int | None]:
     return [None] if s.folds is None else list(s.folds)
 
 
-def _read_done(out: Path) -> dict[str, Any]:
-    f = out / DONE_FILE
+def _read_done(out: Path, marker: str = DONE_FILE) -> dict[str, Any]:
+    f = out / marker
     try:
         return json.loads(f.read_text())
     except (OSError, ValueError):
@@ -413,6 +415,9 @@ def run_recipe(
             executed.append(item)
             continue
         log_file = recipe.work / "logs" / f"{task.label.replace('/', '-')}.log"
+        running = out / RUNNING_FILE
+        resume = name not in force and _read_done(out, RUNNING_FILE).get("fingerprint") == fp
+        n_folds = len(task.step.folds) if task.step.folds else None
         ctx = TaskContext(
             name,
             out,
@@ -420,12 +425,16 @@ def run_recipe(
             recipe.data,
             recipe.work,
             recipe.path.parent,
-            len(task.step.folds) if task.step.folds else None,
+            n_folds,
             log_file,
+            resume,
         )
-        echo(f"[{i}/{len(selected)}] {task.label}: {task.step.kind} ...")
+        echo(
+            f"[{i}/{len(selected)}] {task.label}: {task.step.kind}{' (resuming)' if resume else ''} ..."
+        )
         out.mkdir(parents=True, exist_ok=True)
         (out / DONE_FILE).unlink(missing_ok=True)
+        running.write_text(json.dumps({"fingerprint": fp}))
         start = time.time()
         with _log_to(log_file):
             log.info(
@@ -447,6 +456,7 @@ def run_recipe(
                 ) from exc
         seconds = time.time() - start
         (out / DONE_FILE).write_text(json.dumps({"fingerprint": fp, "seconds": round(seconds, 1)}))
+        running.unlink(missing_ok=True)
         echo(f"[{i}/{len(selected)}] {task.label}: finished in {seconds:.1f} s")
         executed.append(item)
     return executed

@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import base64
 import zlib
+from collections.abc import Sequence
+from typing import NamedTuple
 
+import cv2
 import numpy as np
 
 _MAX_GROUPS = 13  # 5 bits per char: enough for any int64 delta
+_CV_TRANSPOSABLE = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32))
 
 
 def _label_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Column-major runs of non-zero labels: (labels, starts, ends), sorted by label then start."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    flat = np.asarray(mask).ravel(order="F")
+    mask = np.asarray(mask)
+    if mask.size and mask.dtype in _CV_TRANSPOSABLE:
+        flat = cv2.transpose(mask).ravel()  # blocked transpose: ~10x faster than ravel("F")
+    else:
+        flat = mask.ravel(order="F")
     n = flat.size
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -143,65 +151,130 @@ def decode_mask_string(text: str, height: int, width: int) -> np.ndarray:
     return mask_util.decode(rle).astype(bool)
 
 
+# --------------------------------------------------------------------------- decoding to runs
+
 _MAX_DECODE_GROUPS = 12  # 60 bits: far beyond any image size, and no shift overflows int64
 
 
-def decode_counts(data: bytes) -> np.ndarray:
-    """COCO compressed counts bytes → run lengths (int64), alternating background/foreground.
+class MaskStringError(ValueError):
+    """A malformed mask string; ``index`` is its position in the list decoded."""
 
-    Validates what pycocotools does not (it would read past its buffers): characters in range,
-    no truncated number, no negative run.
+    def __init__(self, index: int, reason: str):
+        super().__init__(reason)
+        self.index = index
+
+
+class RunLists(NamedTuple):
+    """Foreground runs of several masks, in column-major pixel order.
+
+    ``starts``/``ends`` (int64, end exclusive) hold the runs of mask 0, then of mask 1, ...;
+    ``owner`` is the mask index of each run (non-decreasing); ``count`` the number of masks.
+    Within a mask, runs are sorted, disjoint and non-empty.
+    """
+
+    starts: np.ndarray
+    ends: np.ndarray
+    owner: np.ndarray
+    count: int
+
+    def areas(self) -> np.ndarray:
+        """Pixels per mask (int64)."""
+        out = np.zeros(self.count, dtype=np.int64)
+        np.add.at(out, self.owner, self.ends - self.starts)
+        return out
+
+
+def _block_cumsum(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Cumulative sums restarting at each block (blocks tile ``values``, all non-empty)."""
+    total = np.cumsum(values)
+    before = np.where(starts > 0, total[np.maximum(starts - 1, 0)], 0)
+    return total - np.repeat(before, lengths)
+
+
+def _fail(bad: np.ndarray, owner: np.ndarray, reason: str) -> None:
+    if bad.any():
+        raise MaskStringError(int(owner[np.argmax(bad)]), reason)
+
+
+def decode_mask_strings(texts: Sequence[str], height: int, width: int) -> RunLists:
+    """Decode mask strings to run lists in one vectorised pass, validating each.
+
+    Checks what pycocotools does not (it would read past its buffers on bad input): base64 and
+    zlib, characters of the COCO counts alphabet, no truncated number, no negative run, and runs
+    that add up to ``height * width``.
 
     Raises
     ------
-    ValueError
-        Malformed counts, with the reason.
+    MaskStringError
+        For the first malformed string, with its index and the reason.
     """
-    c = np.frombuffer(data, dtype=np.uint8).astype(np.int64) - 48
-    if c.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if c.min() < 0 or c.max() > 63:
-        raise ValueError("RLE counts hold a character outside '0'..'o'")
-    more = (c & 0x20) != 0
-    if more[-1]:
-        raise ValueError("RLE counts end in the middle of a number")
-    last = np.flatnonzero(~more)  # last character of each number
+    n = len(texts)
+    raw = []
+    for i, text in enumerate(texts):
+        try:
+            raw.append(decode_rle_counts(text))
+        except (ValueError, zlib.error) as exc:  # binascii.Error is a ValueError
+            raise MaskStringError(i, f"not base64(zlib(RLE)): {exc}") from None
+    empty = np.zeros(0, dtype=np.int64)
+    if n == 0:
+        return RunLists(empty, empty, empty, 0)
+    masks = np.arange(n)
+    lengths = np.fromiter(map(len, raw), dtype=np.int64, count=n)
+    _fail(lengths == 0, masks, "empty RLE counts")
+    v = np.frombuffer(b"".join(raw), dtype=np.uint8)
+    if v.min() < 48 or v.max() > 111:
+        bad = (v < 48) | (v > 111)
+        _fail(bad, np.repeat(masks, lengths), "RLE counts hold a character outside '0'..'o'")
+    v = v - 48  # 0..63: five value bits, 0x10 = sign of a last group, 0x20 = more groups follow
+    terminal = v < 32
+    char_end = np.cumsum(lengths)
+    _fail(~terminal[char_end - 1], masks, "RLE counts end in the middle of a number")
+
+    # Numbers: x = sum of 5-bit groups, little end first, sign-extended from the last group.
+    last = np.flatnonzero(terminal)
     first = np.r_[0, last[:-1] + 1]
-    number = np.repeat(np.arange(last.size), last - first + 1)
-    group = np.arange(c.size) - first[number]
-    if group.max() >= _MAX_DECODE_GROUPS:
-        raise ValueError("RLE counts hold a number too large for any image")
-    x = np.add.reduceat((c & 0x1F) << (5 * group), first)
-    negative = (c[last] & 0x10) != 0  # sign bit of the last group
-    x = np.where(negative, x | (-1 << (5 * (last - first + 1))), x)
-    # Undo the delta coding x_i -= x_{i-2} (i > 2): cumulative sums over odd and even positions.
-    counts = x.copy()
-    counts[1::2] = np.cumsum(x[1::2])
-    counts[2::2] = np.cumsum(x[2::2])
-    if (counts < 0).any():
-        raise ValueError("RLE counts hold a negative run length")
-    return counts
+    size = last - first + 1
+    nums = np.diff(np.searchsorted(last, char_end, side="left"), prepend=0)  # numbers per mask
+    longest = int(size.max())
+    if longest > _MAX_DECODE_GROUPS:
+        _fail(size > _MAX_DECODE_GROUPS, np.repeat(masks, nums), "RLE counts hold a huge number")
+    low = (v & 31).astype(np.int64)
+    x = low[first]
+    for j in range(1, longest):  # most numbers have one or two groups
+        sel = np.flatnonzero(size > j)
+        x[sel] |= low[first[sel] + j] << (5 * j)
+    negative = np.flatnonzero(v[last] & 16)
+    x[negative] |= np.left_shift(-1, 5 * size[negative])
+
+    # Lay each mask's numbers out from an even offset (zero-padded to even length) so that the
+    # delta coding x_i -= x_{i-2} (i > 2) is undone by block cumsums over the two parities.
+    padded = nums + (nums & 1)
+    offset = np.cumsum(padded) - padded
+    counts = np.zeros(int(padded.sum()), dtype=np.int64)
+    counts[np.arange(x.size) + np.repeat(offset - (np.cumsum(nums) - nums), nums)] = x
+    pair_start, pairs = offset // 2, padded // 2
+    odd = _block_cumsum(counts[1::2], pair_start, pairs)
+    even = counts[0::2].copy()
+    head = even[pair_start].copy()  # position 0 is not part of a chain
+    even[pair_start] = 0
+    even = _block_cumsum(even, pair_start, pairs)
+    even[pair_start] = head
+    counts[0::2], counts[1::2] = even, odd
+    counts[(offset + nums)[nums & 1 == 1]] = 0  # the padding
+    _fail(counts < 0, np.repeat(masks, padded), "RLE counts hold a negative run length")
+    bounds = _block_cumsum(counts, offset, padded)
+    _fail(
+        bounds[offset + padded - 1] != height * width,
+        masks,
+        f"runs do not add up to {width}x{height} = {height * width} pixels",
+    )
+
+    starts, ends = bounds[0::2], bounds[1::2]  # foreground runs: [end of a 0-run, end of a 1-run)
+    keep = ends > starts  # drops the padding and empty runs
+    return RunLists(starts[keep], ends[keep], np.repeat(masks, pairs)[keep], n)
 
 
 def mask_string_runs(text: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mask string → foreground runs (starts, ends) in column-major pixel order, validated.
-
-    Runs are sorted, disjoint and non-empty; ``(ends - starts).sum()`` is the mask area.
-
-    Raises
-    ------
-    ValueError
-        Not base64/zlib/COCO counts, or counts that do not add up to ``height * width``.
-    """
-    try:
-        data = decode_rle_counts(text)
-    except (ValueError, zlib.error) as exc:  # binascii.Error is a ValueError
-        raise ValueError(f"not base64(zlib(RLE)): {exc}") from exc
-    counts = decode_counts(data)
-    total = int(counts.sum())
-    if total != height * width:
-        raise ValueError(f"mask covers {total} pixels, not {height}x{width} = {height * width}")
-    bounds = np.cumsum(counts)
-    starts, ends = bounds[0:-1:2], bounds[1::2]
-    keep = ends > starts
-    return starts[keep], ends[keep]
+    """One mask string → its foreground runs (starts, ends), validated (ValueError if not)."""
+    runs = decode_mask_strings([text], height, width)
+    return runs.starts, runs.ends

@@ -17,10 +17,10 @@ significant digits.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,7 @@ REFERENCE_SIDE = 2048  # the field size the reference thresholds were chosen for
 EDGE_AREA_THRESHOLD = 80_000.0
 CENTER_AREA_THRESHOLD = 32_000.0
 _EXAMPLES = 5
+_AREA_ROWS = 128  # bincount by bands: the int64 copy of each band stays in cache
 
 
 # --------------------------------------------------------------------------- post-processing
@@ -89,7 +90,9 @@ def cell_facts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if mask.size == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=bool)
-    counts = np.bincount(mask.ravel())
+    counts = np.zeros(int(mask.max()) + 1, dtype=np.int64)
+    for top in range(0, mask.shape[0], _AREA_ROWS):
+        counts += np.bincount(mask[top : top + _AREA_ROWS].ravel(), minlength=counts.size)
     ids = np.flatnonzero(counts)
     ids = ids[ids != 0]
     border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
@@ -330,27 +333,26 @@ def write_submission(
 ) -> SubmissionSummary:
     """Write ``submission.csv`` row by row (memory independent of the number of fields).
 
-    The file appears only when complete (temporary file, then rename). Arguments as
+    The file appears only when complete (temporary file, then rename; nothing on an error). Arguments as
     :func:`build_submission`. Returns the summary counts.
     """
     store, table, ids = _prepare(mask_store, table_or_tables, weights, allow_missing)
+    from hpasc.io.store import Store
+
     out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
     summary = SubmissionSummary()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
+        with Store(out.parent).open(out.name, "wb") as raw:  # discarded on an exception
+            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            writer = csv.writer(text, lineterminator="\n")
             writer.writerow(SUBMISSION_COLUMNS)
             fields = _store_fields(store, ids, progress)
             for row in field_rows(fields, table, summary=summary, **options):
                 writer.writerow(row)
-        os.replace(tmp, out)
+            text.flush()
+            text.detach()  # the atomic writer commits when the with block closes it
     except OSError as exc:
         raise OutputError(f"cannot write {out}: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return summary
 
 

@@ -25,6 +25,8 @@ from scipy import ndimage
 
 from hpasc.classes import NEGATIVE, NUM_CLASSES
 from hpasc.errors import OutputError
+from hpasc.io import images
+from hpasc.io.store import Store
 
 NUCLEOPLASM = 0
 NUCLEAR_MEMBRANE = 1
@@ -56,9 +58,7 @@ PATTERN_CLASSES: tuple[int, ...] = (
     CYTOSOL,
     VESICLES,
 )
-CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 MIN_SIZE = 128
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # textured images barely shrink further
 
 
 @dataclass
@@ -515,13 +515,6 @@ def field_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
-def _png(array: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", array, _PNG_PARAMS)
-    if not ok:
-        raise ValueError(f"PNG encoding failed for an array of shape {array.shape}")
-    return buf.tobytes()
-
-
 OUTPUT_ENTRIES = ("images", "masks", "train.csv", "solution.csv", "cells.csv")
 
 
@@ -532,6 +525,21 @@ def _check_output(out: Path, overwrite: bool) -> None:
         raise OutputError(
             f"output folder '{out}' is not empty; choose another folder or pass --overwrite"
         )
+
+
+def _partial_dir(out: Path) -> Path:
+    """A fresh hidden folder beside ``out`` where the set is built before it is moved in."""
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "images").mkdir(parents=True)
+        (tmp / "masks").mkdir()
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(
+            f"cannot create the output beside '{out}' ({exc.strerror}); choose a writable folder"
+        ) from exc
+    return tmp
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -591,24 +599,20 @@ def synthesize(
         raise ValueError(f"seed must be non-negative, got {seed}")
     out = Path(out)
     _check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _partial_dir(out)
     start = time.perf_counter()
-    train_rows, solution_rows, cell_rows = ["ID,Label"], [], ["image_id,cell_id,labels"]
-    solution_rows.append("ID,ImageWidth,ImageHeight,PredictionString")
+    train_rows, cell_rows = ["ID,Label"], ["image_id,cell_id,labels"]
+    solution_rows = ["ID,ImageWidth,ImageHeight,PredictionString"]
     class_counts = np.zeros(NUM_CLASSES, np.int64)
     n_cells = 0
     try:
-        (tmp / "images").mkdir(parents=True)
-        (tmp / "masks").mkdir()
+        image_store, mask_store = Store(tmp / "images"), Store(tmp / "masks")
         for index in _progress(range(n_images), progress, f"synth {n_images} fields"):
             fid = field_id(seed, index)
             f = make_field(field_rng(seed, index), size)
             image = f.image if bit_depth == 8 else f.image.astype(np.uint16) * 257
-            for c, name in enumerate(CHANNELS):
-                (tmp / "images" / f"{fid}_{name}.png").write_bytes(_png(image[..., c]))
-            (tmp / "masks" / f"{fid}.png").write_bytes(_png(f.mask))
+            images.write_field(image_store, fid, image)
+            images.write_mask(mask_store, fid, f.mask)
             strings = encode_instance_mask(f.mask)
             pairs = [f"{k} {strings[c]}" for c, cls in f.cell_labels.items() for k in cls]
             train_rows.append(f"{fid},{'|'.join(map(str, f.image_labels))}")

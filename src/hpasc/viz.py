@@ -34,7 +34,9 @@ def composite(image_hw4: np.ndarray, percentile: float = 99.5) -> np.ndarray:
     return (np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
-def outline_overlay(rgb: np.ndarray, mask: np.ndarray, cell_class: dict[int, int], thickness: int = 1) -> np.ndarray:
+def outline_overlay(
+    rgb: np.ndarray, mask: np.ndarray, cell_class: dict[int, int], thickness: int = 1
+) -> np.ndarray:
     """Draw each cell's outline in the colour of its class (cells missing from ``cell_class``: white)."""
     out = rgb.copy()
     colours = class_colours()
@@ -50,8 +52,12 @@ def outline_overlay(rgb: np.ndarray, mask: np.ndarray, cell_class: dict[int, int
     edge[:, 1:] |= m[:, :-1] != m[:, 1:]
     edge &= m > 0
     if thickness > 1:
-        grown = cv2.dilate(m.astype(np.float32), np.ones((thickness, thickness), np.uint8)).astype(np.int32)
-        edge = cv2.dilate(edge.astype(np.uint8), np.ones((thickness, thickness), np.uint8)).astype(bool)
+        grown = cv2.dilate(m.astype(np.float32), np.ones((thickness, thickness), np.uint8)).astype(
+            np.int32
+        )
+        edge = cv2.dilate(edge.astype(np.uint8), np.ones((thickness, thickness), np.uint8)).astype(
+            bool
+        )
         m = np.where(m > 0, m, grown)
     out[edge] = lut[m[edge]]
     return out
@@ -68,13 +74,27 @@ def legend_strip(width: int, classes: list[int], height: int = 22) -> np.ndarray
         if x + tw + 16 > width:
             break
         cv2.rectangle(strip, (x, 6), (x + 10, 16), tuple(int(c) for c in colours[k]), -1)
-        cv2.putText(strip, name, (x + 14, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            strip,
+            name,
+            (x + 14, 15),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
         x += tw + 24
     return strip
 
 
-def field_overlay(image_hw4: np.ndarray, mask: np.ndarray, probs: dict[int, np.ndarray],
-                  max_side: int = 768, legend: bool = True) -> np.ndarray:
+def field_overlay(
+    image_hw4: np.ndarray,
+    mask: np.ndarray,
+    probs: dict[int, np.ndarray],
+    max_side: int = 768,
+    legend: bool = True,
+) -> np.ndarray:
     """Composite with outlines coloured by each cell's top class, down-scaled to ``max_side``."""
     top = {cid: int(np.argmax(p)) for cid, p in probs.items()}
     scale = min(1.0, max_side / max(mask.shape))

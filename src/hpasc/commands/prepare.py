@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 _WORKERS = typer.Option(1, "--workers", "-j", min=1, help="Worker processes.")
@@ -22,7 +24,8 @@ def _report(out: str, summary) -> None:
     typer.echo(f"{out}: {summary}")
     if summary.failed:
         typer.echo(f"{summary.failed} field(s) failed; see {out}/errors.csv", err=True)
-        raise typer.Exit(1)
+        # Not typer.Exit: the CLI runs click with standalone_mode=False, which drops its code.
+        sys.exit(1)
 
 
 def resize(

@@ -8,10 +8,17 @@ import typer
 
 
 def report(
-    source: Path = typer.Argument(..., help="Output of `hpasc predict fields`/`hpasc demo` (has manifest.json), or a run folder."),
+    source: Path = typer.Argument(
+        ...,
+        help="Output of `hpasc predict fields`/`hpasc demo` (has manifest.json), or a run folder.",
+    ),
     output: Path = typer.Option(Path("report.html"), "-o", "--output", help="HTML file to write."),
-    max_fields: int = typer.Option(12, "--max-fields", min=1, help="How many field overlays to show."),
-    title: str = typer.Option(None, "--title", help="Page title (default: from the manifest or folder name)."),
+    max_fields: int = typer.Option(
+        12, "--max-fields", min=1, help="How many field overlays to show."
+    ),
+    title: str = typer.Option(
+        None, "--title", help="Page title (default: from the manifest or folder name)."
+    ),
 ) -> None:
     """Write a self-contained HTML report: overlays by top class, per-class AP, agreement, training curves."""
     from hpasc.report import build_report

@@ -85,7 +85,7 @@ def evaluate(
     mode: str = typer.Option(
         "mask", "--mode", help="IoU of masks ('mask') or of their boxes ('box')."
     ),
-    iou: float = typer.Option(0.6, "--iou", min=0.0, max=1.0, help="IoU threshold of a match."),
+    iou: float = typer.Option(0.6, "--iou", help="IoU threshold of a match, in (0, 1]."),
     as_json: bool = typer.Option(False, "--json", help="Print {mAP, per_class} as JSON."),
 ) -> None:
     """Score a submission with the competition metric (Open Images mAP at IoU 0.6)."""
@@ -96,6 +96,8 @@ def evaluate(
 
     if mode not in metric.MODES:
         raise InputError(f"--mode {mode!r}: choose one of {', '.join(metric.MODES)}")
+    if not 0.0 < iou <= 1.0:
+        raise InputError(f"--iou {iou}: choose a threshold in (0, 1]")
     result = metric.evaluate(solution, submission, iou=iou, mode=mode, progress=not as_json)
     if as_json:
         per_class = {str(k): v for k, v in sorted(result.per_class.items())}
@@ -110,7 +112,8 @@ def check(
         None, "--masks", help="Original-size masks: check IDs and sizes against them too."
     ),
 ) -> None:
-    """Check a submission file; list each problem with its row; exit 1 when there are any."""
+    """Check a submission file; list each problem with its row; exit non-zero when any."""
+    from hpasc.errors import InputError
     from hpasc.submission import check_submission
 
     problems = check_submission(csv_path, masks=masks)
@@ -121,8 +124,8 @@ def check(
         typer.echo(f"{csv_path}: {p}")
     if len(problems) > _SHOWN_PROBLEMS:
         typer.echo(f"... and {len(problems) - _SHOWN_PROBLEMS} more")
-    typer.echo(f"{len(problems)} problems", err=True)
-    raise typer.Exit(1)
+    plural = "s" if len(problems) != 1 else ""
+    raise InputError(f"{len(problems)} problem{plural} in {csv_path} (listed above)")
 
 
 def average(

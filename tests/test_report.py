@@ -1,0 +1,123 @@
+import json
+import shutil
+import subprocess
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpasc.io import images as imio
+from hpasc.io.store import Store
+from hpasc.report import build_report
+
+PROB = [f"p{i:02d}" for i in range(19)]
+
+
+@pytest.fixture
+def out_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs, masks = Store(tmp_path / "images"), Store(tmp_path / "masks")
+    rows = []
+    for f in range(2):
+        fid = f"field-{f}"
+        img = rng.integers(0, 255, (96, 96, 4), dtype=np.uint8)
+        mask = np.zeros((96, 96), np.uint16)
+        mask[10:40, 10:40], mask[50:90, 20:70] = 1, 2
+        imio.write_field(imgs, fid, img)
+        imio.write_mask(masks, fid, mask)
+        for cid in (1, 2):
+            p = rng.random(19).astype(np.float32)
+            rows.append({"image_id": fid, "cell_id": cid, **dict(zip(PROB, p, strict=True))})
+    out = tmp_path / "out"
+    out.mkdir()
+    pd.DataFrame(rows).to_parquet(out / "cells.parquet")
+    img_level = pd.DataFrame(
+        [{"image_id": f"field-{f}", **{c: 0.5 for c in PROB}} for f in range(2)]
+    )
+    img_level.to_parquet(out / "image_level.parquet")
+    (out / "metric.json").write_text(
+        json.dumps(
+            {
+                "mAP": 0.42,
+                "per_class": {"0": 0.5, "13": 0.34},
+                "baseline": {
+                    "name": "image labels",
+                    "mAP": 0.2,
+                    "per_class": {"0": 0.3, "13": 0.1},
+                },
+            }
+        )
+    )
+    log = out / "runs" / "cam" / "fold-0" / "logs" / "version_0"
+    log.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "epoch": [0, 0, 1, 1],
+            "step": [1, 2, 3, 4],
+            "train/loss": [1.0, 0.9, 0.7, 0.6],
+            "valid/map": [np.nan, 0.3, np.nan, 0.5],
+        }
+    ).to_csv(log / "metrics.csv", index=False)
+    (out / "manifest.json").write_text(
+        json.dumps(
+            {
+                "title": "unit",
+                "images": str(tmp_path / "images"),
+                "masks": str(tmp_path / "masks"),
+                "cells": "cells.parquet",
+                "image_level": "image_level.parquet",
+                "metric": "metric.json",
+                "runs": ["runs"],
+            }
+        )
+    )
+    return out
+
+
+def test_report_sections(out_dir, tmp_path):
+    html_path = build_report(out_dir, tmp_path / "r.html")
+    page = html_path.read_text()
+    assert page.count("data:image/png;base64,") == 2  # one overlay per field, inlined
+    assert "mAP 0.4200" in page and "baseline image labels: 0.2000" in page
+    assert "Image-level vs cell-level agreement" in page
+    assert "Training curves" in page and "valid/map" in page and "<polyline" in page
+    assert "Plasma membrane" in page  # legend
+    assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained
+
+
+def test_report_cli_and_errors(out_dir, tmp_path, cli):
+    r = cli("report", out_dir, "-o", tmp_path / "x.html")
+    assert r.returncode == 0, r.stderr
+    r = cli("report", tmp_path / "nothing-here", "-o", tmp_path / "y.html")
+    assert r.returncode != 0 and r.stderr.startswith("error:")
+
+
+def test_report_renders_in_chromium(out_dir, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Debian chromium not installed (.ci/run installs it)")
+    page = build_report(out_dir, tmp_path / "r.html")
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,1600",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    img = cv2.imread(str(shot))
+    assert img is not None and img.shape[0] >= 1000 and img.std() > 5  # something was drawn
