@@ -272,3 +272,46 @@ def test_train_predict_oof_cli_on_synthetic_crops(tmp_path, cli):
 
     r = cli("train", "cell-level", config, *over, "--run-dir", run, "--fold", "0")
     assert r.returncode != 0 and "--resume" in r.stderr
+
+
+# ---------------------------------------------------------------------------------- configs
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cell-level"
+
+
+@pytest.mark.parametrize(
+    "name, head, crops",
+    [
+        ("resnest50-from768-stage2", "linear", "from-768"),
+        ("resnest50-from768-stage3", "linear", "from-768"),
+        ("resnest50-from1536-stage3-cos", "cosine", "from-1536"),
+    ],
+)
+def test_reference_configs_carry_the_reference_numbers(name, head, crops):
+    from hpasc.train.cell_config import load_cell_level_config
+
+    cfg = load_cell_level_config(CONFIGS / f"{name}.yaml", ["data.batch_size=64"])
+    assert cfg.data.batch_size == 64  # overrides apply
+    cfg = load_cell_level_config(CONFIGS / f"{name}.yaml")
+    assert (cfg.model.arch, cfg.model.head, cfg.model.instance_norm_input) == ("resnest50d", head, True)
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.data.n_folds) == (128, 50, 5)
+    assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.schedule) == ("Adam", 1e-3, "cos")
+    assert (cfg.optim.warmup_epochs, cfg.optim.warmup_factor) == (5, 0.1)
+    assert (cfg.loss.objective, cfg.loss.exclude_hardest, cfg.augment.cutmix_p) == ("bce", 0.0, 1.0)
+    assert len(cfg.data.sources) == 2 and all(crops in s.crops and s.soft_labels for s in cfg.data.sources)
+
+
+def test_cosine_head_and_bad_values():
+    from hpasc.errors import ConfigError
+    from hpasc.models.cell import build_cell_model
+    from hpasc.models.heads import CosineClassifier
+    from hpasc.train.cell_config import load_cell_level_config
+
+    cfg = load_cell_level_config(CONFIGS / "tiny.yaml", ["model.head=cosine"])
+    model = build_cell_model(cfg.model)
+    assert isinstance(model.head, CosineClassifier)
+    assert model(torch.rand(2, 8, 32, 32)).shape == (2, NUM_CLASSES)
+    with pytest.raises(ConfigError, match="loss.exclude_hardest"):
+        load_cell_level_config(CONFIGS / "tiny.yaml", ["loss.exclude_hardest=1.5"])
+    with pytest.raises(ConfigError, match="model.head"):
+        load_cell_level_config(CONFIGS / "tiny.yaml", ["model.head=mlp"])
