@@ -236,8 +236,8 @@ def test_prediction_keeps_fields_without_cells(tmp_path):
 @pytest.mark.slow
 def test_train_predict_oof_cli_on_synthetic_crops(tmp_path, cli):
     data = tmp_path / "synth"
-    cli("synth", data, "--n-images", "12", "--size", "160", "--seed", "3", "-q", check=True)
-    cli("crop", data / "images", data / "masks", data / "crops", "--size", "32", check=True)
+    cli("synth", data, "--n-images", "10", "--size", "128", "--seed", "3", "-q", check=True)
+    cli("crop", data / "images", data / "masks", data / "crops", "--size", "24", check=True)
     config = Path(__file__).resolve().parents[1] / "configs" / "cell-level" / "tiny.yaml"
     run = tmp_path / "run"
     over = [f"data.root={data}", "trainer.max_epochs=1", "predict.tta='none'", "data.batch_size=8"]
@@ -260,7 +260,7 @@ def test_train_predict_oof_cli_on_synthetic_crops(tmp_path, cli):
         check=True,
     )
     table, fields = pd.read_parquet(out), pd.read_parquet(tmp_path / "test.images.parquet")
-    assert len(fields) == 12 and len(table) == len(
+    assert len(fields) == 10 and len(table) == len(
         pd.read_parquet(data / "crops" / "cells.parquet")
     )
 
@@ -272,6 +272,53 @@ def test_train_predict_oof_cli_on_synthetic_crops(tmp_path, cli):
 
     r = cli("train", "cell-level", config, *over, "--run-dir", run, "--fold", "0")
     assert r.returncode != 0 and "--resume" in r.stderr
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_two_processes(tmp_path):
+    """Two gloo processes: fields split between ranks, validation gathered, OOF table complete."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    _, _, cells = _crop_set(tmp_path, n_fields=16)
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from hpasc.data.crops import CropSourceConfig
+            from hpasc.train.cell_config import load_cell_level_config
+            from hpasc.train.cell_level import train_fold
+
+            cfg = load_cell_level_config({str(CONFIGS / "tiny.yaml")!r}, [
+                "data.root={tmp_path}", "trainer.accelerator=cpu", "trainer.devices=2",
+                "trainer.sync_batchnorm=false", "trainer.max_epochs=1", "data.batch_size=4",
+                "predict.tta='none'"])
+            cfg.data.sources = [CropSourceConfig(crops="crops", labels="train.csv")]
+            train_fold(cfg, 0, {str(tmp_path / "run")!r})
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=str(root / "src"), OMP_NUM_THREADS="1")
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+    fold = tmp_path / "run" / "fold-0"
+    metrics = pd.read_csv(fold / "metrics.csv")
+    assert metrics["valid/map"].notna().sum() == 1
+    data = CellDataConfig(
+        root=str(tmp_path), n_folds=2, sources=[CropSourceConfig(crops="crops", labels="train.csv")]
+    )
+    valid, train = (load_sources(data, 0, part, progress=False) for part in ("valid", "train"))
+    steps = len(CropStream(train, 4, train=True, rank=0, world_size=2)) // 4
+    assert metrics["step"].max() + 1 == steps  # each rank ran its half of the batches
+    oof = pd.read_parquet(fold / "valid_cells.parquet")
+    assert len(oof) == valid.n_cells and not oof.duplicated(["image_id", "cell_id"]).any()
 
 
 # ---------------------------------------------------------------------------------- configs
@@ -293,12 +340,18 @@ def test_reference_configs_carry_the_reference_numbers(name, head, crops):
     cfg = load_cell_level_config(CONFIGS / f"{name}.yaml", ["data.batch_size=64"])
     assert cfg.data.batch_size == 64  # overrides apply
     cfg = load_cell_level_config(CONFIGS / f"{name}.yaml")
-    assert (cfg.model.arch, cfg.model.head, cfg.model.instance_norm_input) == ("resnest50d", head, True)
+    assert (cfg.model.arch, cfg.model.head, cfg.model.instance_norm_input) == (
+        "resnest50d",
+        head,
+        True,
+    )
     assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.data.n_folds) == (128, 50, 5)
     assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.schedule) == ("Adam", 1e-3, "cos")
     assert (cfg.optim.warmup_epochs, cfg.optim.warmup_factor) == (5, 0.1)
     assert (cfg.loss.objective, cfg.loss.exclude_hardest, cfg.augment.cutmix_p) == ("bce", 0.0, 1.0)
-    assert len(cfg.data.sources) == 2 and all(crops in s.crops and s.soft_labels for s in cfg.data.sources)
+    assert len(cfg.data.sources) == 2 and all(
+        crops in s.crops and s.soft_labels for s in cfg.data.sources
+    )
 
 
 def test_cosine_head_and_bad_values():

@@ -9,11 +9,12 @@ cells into ``valid_cells.parquet`` / ``valid_images.parquet`` (what ``hpasc oof`
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
 
-from hpasc.errors import ConfigError, OutputError
+from hpasc.errors import ConfigError
 from hpasc.train import runs
 from hpasc.train.cell_config import CellLevelConfig
 
@@ -75,28 +76,25 @@ def train_fold(
     run_dir: str | Path,
     resume: bool = False,
     fold_path: str | Path | None = None,
+    callbacks: list | None = None,
 ) -> Path:
     """Train ``fold`` of ``cfg`` into ``run_dir/fold-<fold>`` (or ``fold_path``); returns that folder.
 
     ``resume`` continues from ``checkpoints/last.ckpt`` when it exists (a fresh start otherwise);
     without it, a fold folder that already holds a checkpoint is an :class:`OutputError`.
+    ``callbacks``: extra Lightning callbacks (early stopping, profiling, …).
     """
     import torch
 
     from hpasc.config import dump_config
     from hpasc.data.crops import CropStream, load_sources, stream_loader
     from hpasc.train.cell_module import CellLevelModule
+    from hpasc.train.fitting import open_fold, predict_after_fit
     from hpasc.train.image_level import absolute_data_root
     from hpasc.train.trainer import build_trainer, seed_everything
 
     cfg = absolute_data_root(cfg)
-    out = Path(fold_path) if fold_path is not None else runs.fold_dir(run_dir, fold)
-    last = runs.last_checkpoint(out)
-    if last.exists() and not resume:
-        raise OutputError(
-            f"{out} already holds a trained model ({last}); pass --resume to continue it or choose another --run-dir"
-        )
-    ckpt = str(last) if resume and last.exists() else None
+    out, ckpt = open_fold(run_dir, fold, resume, fold_path)
 
     seed_everything(cfg.trainer.seed + fold)
     d = cfg.data
@@ -117,7 +115,7 @@ def train_fold(
     valid_loader = stream_loader(valid_stream, pin) if valid_cells.n_cells else None
 
     module = CellLevelModule(cfg, fold, _cell_metric(cfg, fold), valid_cells.keys())
-    callbacks = [StreamPlacement(train_stream, valid_stream)]
+    callbacks = [StreamPlacement(train_stream, valid_stream), *(callbacks or [])]
     trainer = build_trainer(
         cfg.trainer, out, name=f"{cfg.name or 'cell-level'}/fold-{fold}", callbacks=callbacks
     )
@@ -127,14 +125,13 @@ def train_fold(
         "fold %d: %d training cells (%d fields), %d validation cells -> %s",
         fold, train_cells.n_cells, train_cells.n_fields, valid_cells.n_cells, out,
     )  # fmt: skip
-    trainer.fit(module, stream_loader(train_stream, pin), valid_loader, ckpt_path=ckpt)
+    with warnings.catch_warnings():
+        # Lightning warns that an iterable dataset's length may be wrong with several workers;
+        # CropStream plans every worker's share, so its length is exact
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+        trainer.fit(module, stream_loader(train_stream, pin), valid_loader, ckpt_path=ckpt)
 
-    if cfg.predict.after_fit:
-        if trainer.is_global_zero:
-            predict_fold_valid(
-                out, device="cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
-            )
-        trainer.strategy.barrier("valid-predictions")
+    predict_after_fit(trainer, cfg, out, predict_fold_valid)
     return out
 
 
