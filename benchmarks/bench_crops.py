@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from machine import cpu_description
+
 CHANNELS = ("red", "green", "blue", "yellow")
 
 
@@ -143,19 +145,6 @@ def _reset_peak() -> None:
         pass
 
 
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in out.splitlines()
-            if line.startswith("Model name")
-        )
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="side of the timed field")
@@ -243,7 +232,7 @@ def main() -> None:
         ]
 
     print(
-        f"machine: {_cpu()}; python {platform.python_version()}; crops S = {args.crop}; "
+        f"machine: {cpu_description()}; python {platform.python_version()}; crops S = {args.crop}; "
         "outputs identical to the reference"
     )
     width = max(len(r[0]) for r in rows)

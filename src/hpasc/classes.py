@@ -98,6 +98,7 @@ class LabelTable:
     ids: list[str]
     labels: list[list[int]]
     source: str = ""
+    images: list[str] | None = None  # public-HPA tables: the ``Image`` value of each row
 
     @property
     def y(self) -> np.ndarray:
@@ -119,6 +120,11 @@ class LabelTable:
         if dup:
             raise InputError(f"field ids appear in both label tables: {sorted(dup)[:5]}")
         return LabelTable(self.ids + other.ids, self.labels + other.labels, self.source)
+
+
+def public_hpa_field_id(image: str) -> str:
+    """Field id of a public-HPA ``Image`` value: its last ``/`` part (``.../921_B9_1`` -> ``921_B9_1``)."""
+    return str(image).rstrip("/").split("/")[-1]
 
 
 def _read_csv(path_or_text: str | Path | bytes) -> tuple[pd.DataFrame, str]:
@@ -170,7 +176,7 @@ def read_public_hpa_labels(path: str | Path | bytes) -> LabelTable:
         raise InputError(
             f"{src}: missing column(s) {sorted(missing)}; expected 'Image,Label_idx,in_trainset,...'"
         )
-    ids, labels = [], []
+    ids, labels, images = [], [], []
     for i, row in enumerate(df.to_dict("records")):
         if not str(row["Label_idx"]).strip():
             continue
@@ -178,12 +184,12 @@ def read_public_hpa_labels(path: str | Path | bytes) -> LabelTable:
             continue
         if "Cellline" in row and not str(row["Cellline"]).strip():
             continue
-        fid = str(row["Image"]).rstrip("/").split("/")[-1]
         labels.append(
             parse_label_string(row["Label_idx"], f"{src} row {i + 2} (Image {row['Image']})")
         )
-        ids.append(fid)
-    return LabelTable(ids, labels, src)
+        ids.append(public_hpa_field_id(row["Image"]))
+        images.append(str(row["Image"]))
+    return LabelTable(ids, labels, src, images)
 
 
 def read_labels(path: str | Path) -> LabelTable:

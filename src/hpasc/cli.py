@@ -31,6 +31,28 @@ app = typer.Typer(
 
 _DEBUG = {"on": False}
 
+# `hpasc --help` lists verbs in pipeline order (data -> models -> submission -> whole runs).
+_ORDER = [
+    "synth",
+    "import",
+    "folds",
+    "resize",
+    "segment",
+    "weights",
+    "crop",
+    "train",
+    "predict",
+    "oof",
+    "cells",
+    "submit",
+    "submission",
+    "evaluate",
+    "run",
+    "demo",
+    "report",
+    "bundle",
+]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -60,6 +82,12 @@ def _register_commands() -> None:
         module = importlib.import_module(f"hpasc.commands.{info.name}")
         module.register(app)
     commands.register_groups(app)
+
+    def rank(name: str | None) -> int:
+        return _ORDER.index(name) if name in _ORDER else len(_ORDER)
+
+    app.registered_commands.sort(key=lambda c: rank(c.name))
+    app.registered_groups.sort(key=lambda g: rank(g.name))
 
 
 _register_commands()

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hpasc import __version__
+from hpasc.classes import public_hpa_field_id
 from hpasc.errors import ConfigError, HpascError, InputError
 
 if TYPE_CHECKING:
@@ -94,12 +95,7 @@ def image_path(image: str) -> str:
     return path.strip("/")
 
 
-def field_id(image: str) -> str:
-    """The field id of an ``Image`` value: its last ``/`` part (``.../921_B9_1`` -> ``921_B9_1``).
-
-    The same rule as :func:`hpasc.classes.read_public_hpa_labels`.
-    """
-    return str(image).rstrip("/").split("/")[-1]
+field_id = public_hpa_field_id  # one rule for ids, shared with the label parser
 
 
 @dataclass(frozen=True)
@@ -121,20 +117,12 @@ def read_public_hpa_fields(table: str | Path) -> list[PublicHpaField]:
     InputError
         Unreadable table, or one field id given by two different ``Image`` paths.
     """
-    import pandas as pd
-
     from hpasc.classes import read_public_hpa_labels
 
     labels = read_public_hpa_labels(table)
-    path = Path(table)
-    with path.open() as fh:
-        sep = "\t" if "\t" in fh.readline() else ","
-    images = pd.read_csv(path, dtype=str, sep=sep, keep_default_na=False, usecols=["Image"])
     paths: dict[str, str] = {}
-    for image in images["Image"]:
-        if not image.strip():
-            continue
-        fid, p = field_id(image), image_path(image)
+    for fid, image in zip(labels.ids, labels.images or [], strict=True):
+        p = image_path(image)
         if paths.setdefault(fid, p) != p:
             raise InputError(
                 f"{table}: field id {fid!r} is given by two Image paths ({paths[fid]!r} and "

@@ -52,23 +52,35 @@ def join_oof(paths: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         all_fields = all_fields or fields
         cell_path, image_path = fp / runs.VALID_CELLS, fp / runs.VALID_IMAGES
         if not cell_path.is_file() or not image_path.is_file():
-            raise InputError(f"{fp} has no validation predictions ({runs.VALID_CELLS}); run `hpasc predict image-level {fp} --split valid`")
+            raise InputError(
+                f"{fp} has no validation predictions ({runs.VALID_CELLS}); run `hpasc predict image-level {fp} --split valid`"
+            )
         img = read_image_table(image_path)
         if set(img["image_id"]) != set(valid):
-            raise InputError(f"{image_path} does not cover exactly the validation fields of {fp.name}; re-run `hpasc predict image-level {fp} --split valid`")
+            raise InputError(
+                f"{image_path} does not cover exactly the validation fields of {fp.name}; re-run `hpasc predict image-level {fp} --split valid`"
+            )
         cells.append(read_table(cell_path))
         images.append(img)
     image_table = pd.concat(images, ignore_index=True)
     dup = image_table["image_id"][image_table["image_id"].duplicated()]
     if len(dup):
-        raise InputError(f"{len(dup)} field(s) are predicted by more than one fold, e.g. {dup.tolist()[:_EXAMPLES]} (one run per join)")
+        raise InputError(
+            f"{len(dup)} field(s) are predicted by more than one fold, e.g. {dup.tolist()[:_EXAMPLES]} (one run per join)"
+        )
     missing = sorted(set(all_fields) - set(image_table["image_id"]))
     if missing:
-        raise InputError(f"{len(missing)} training field(s) have no out-of-fold prediction, e.g. {missing[:_EXAMPLES]} (train and predict every fold)")
+        raise InputError(
+            f"{len(missing)} training field(s) have no out-of-fold prediction, e.g. {missing[:_EXAMPLES]} (train and predict every fold)"
+        )
     order = {fid: i for i, fid in enumerate(all_fields)}
-    image_table = image_table.sort_values("image_id", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    image_table = image_table.sort_values(
+        "image_id", key=lambda s: s.map(order), kind="stable"
+    ).reset_index(drop=True)
     cell_table = pd.concat(cells, ignore_index=True)
     cell_table = cell_table.sort_values(
-        ["image_id", "cell_id"], key=lambda s: s.map(order) if s.name == "image_id" else s, kind="stable"
+        ["image_id", "cell_id"],
+        key=lambda s: s.map(order) if s.name == "image_id" else s,
+        kind="stable",
     ).reset_index(drop=True)
     return cell_table, image_table

@@ -82,7 +82,12 @@ def image_table_path(cell_table_path: str | Path) -> Path:
     return p.with_name(f"{stem}.images.parquet")
 
 
-def write_predictions(cells: pd.DataFrame, images: pd.DataFrame, cell_path: str | Path, image_path: str | Path | None = None) -> tuple[Path, Path]:
+def write_predictions(
+    cells: pd.DataFrame,
+    images: pd.DataFrame,
+    cell_path: str | Path,
+    image_path: str | Path | None = None,
+) -> tuple[Path, Path]:
     """Write both tables atomically; returns their paths."""
     from hpasc.cells import write_table
 
@@ -96,7 +101,9 @@ def write_predictions(cells: pd.DataFrame, images: pd.DataFrame, cell_path: str 
 # ---------------------------------------------------------------------------------- models
 
 
-def load_fold(fold_path: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu"):
+def load_fold(
+    fold_path: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu"
+):
     """The trained network of a fold folder (config.yaml + checkpoint) in eval mode, and its config.
 
     ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
@@ -125,7 +132,7 @@ def predict_batch(
     image: torch.Tensor,
     mask: torch.Tensor,
     num_cells: int,
-    tta: str = "d4",
+    tta: str | None = "d4",
     upsample: str = "bilinear",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean over models and TTA passes of per-cell and image-level probabilities.
@@ -133,6 +140,7 @@ def predict_batch(
     ``image`` B×4×H×W, ``mask`` B×H×W (cells 1..K). Returns cell probabilities B×K×C, pixel
     counts B×K and image probabilities B×C.
     """
+    tta = tta or "none"
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     passes = range(D4_SIZE) if tta == "d4" else range(1)
@@ -143,7 +151,9 @@ def predict_batch(
                 cam = model(d4_transform(image, k))
             cam = cam.float()
             # pooling per instance is invariant to moving the CAM back: pool with the true mask
-            means, counts = cell_mean_pool(d4_inverse(_upsample_like(cam, image, k, upsample), k), mask.long(), num_cells)
+            means, counts = cell_mean_pool(
+                d4_inverse(_upsample_like(cam, image, k, upsample), k), mask.long(), num_cells
+            )
             p_cells, p_image = torch.sigmoid(means), torch.sigmoid(CAMClassifier.image_logits(cam))
             cells = p_cells if cells is None else cells + p_cells
             image_probs = p_image if image_probs is None else image_probs + p_image
@@ -160,7 +170,7 @@ def _upsample_like(cam: torch.Tensor, image: torch.Tensor, k: int, mode: str) ->
 def predict_dataset(
     models: Sequence[torch.nn.Module],
     dataset,
-    tta: str = "d4",
+    tta: str | None = "d4",
     upsample: str = "bilinear",
     batch_size: int = 4,
     num_workers: int = 0,
@@ -186,7 +196,12 @@ def predict_dataset(
         for group in groups.values():
             batch = collate_fields(group)
             probs, counts, img = predict_batch(
-                models, batch["image"].to(device), batch["mask"].to(device), batch["cell_ids"].shape[1], tta, upsample
+                models,
+                batch["image"].to(device),
+                batch["mask"].to(device),
+                batch["cell_ids"].shape[1],
+                tta,
+                upsample,
             )
             probs, present, img = probs.cpu().numpy(), (counts > 0).cpu().numpy(), img.cpu().numpy()
             ids = batch["cell_ids"].numpy()
@@ -204,9 +219,17 @@ def predict_dataset(
         np.concatenate(cell_probs) if cell_probs else np.zeros((0, NUM_CLASSES), np.float32),
     )
     order = {fid: i for i, fid in enumerate(dataset.table.ids[r] for r in dataset.rows)}
-    images = make_image_table(image_ids, np.stack(image_probs) if image_probs else np.zeros((0, NUM_CLASSES)))
-    images = images.sort_values("image_id", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
-    cells = cells.sort_values(["image_id", "cell_id"], key=lambda s: s.map(order) if s.name == "image_id" else s, kind="stable")
+    images = make_image_table(
+        image_ids, np.stack(image_probs) if image_probs else np.zeros((0, NUM_CLASSES))
+    )
+    images = images.sort_values("image_id", key=lambda s: s.map(order), kind="stable").reset_index(
+        drop=True
+    )
+    cells = cells.sort_values(
+        ["image_id", "cell_id"],
+        key=lambda s: s.map(order) if s.name == "image_id" else s,
+        kind="stable",
+    )
     return cells.reset_index(drop=True), images
 
 
@@ -215,7 +238,7 @@ def predict_dataset(
 
 @dataclasses.dataclass
 class PredictOptions:
-    tta: str | None = None  # None: the run's predict.tta
+    tta: str | None = None  # "d4", "none"; None: the run's predict.tta
     upsample: str | None = None  # None: the run's predict.upsample
     checkpoint: str | None = None  # None: the run's predict.checkpoint
     batch_size: int | None = None
@@ -236,7 +259,12 @@ def _open(path: str | None):
     return Store(path) if path else None
 
 
-def predict_valid(fold_path: str | Path, options: PredictOptions = PredictOptions(), images: str | None = None, masks: str | None = None):
+def predict_valid(
+    fold_path: str | Path,
+    options: PredictOptions = PredictOptions(),
+    images: str | None = None,
+    masks: str | None = None,
+):
     """Predict the validation fields of one fold with its own model (out-of-fold predictions).
 
     The fields and their stores come from the fold's config; ``images``/``masks`` replace the
@@ -249,7 +277,9 @@ def predict_valid(fold_path: str | Path, options: PredictOptions = PredictOption
     model, cfg = load_fold(fold_path, options.checkpoint, device)
     table = load_field_table(cfg.data, check_images=False)
     if images or masks:
-        table = table.with_stores(_open(images) or table.stores[0][0], _open(masks) or table.stores[0][1])
+        table = table.with_stores(
+            _open(images) or table.stores[0][0], _open(masks) or table.stores[0][1]
+        )
     _, valid_rows = table.split(runs.fold_of(fold_path))
     dataset = FieldDataset(table, valid_rows, cfg.data, mode="predict")
     return predict_dataset(
@@ -259,7 +289,11 @@ def predict_valid(fold_path: str | Path, options: PredictOptions = PredictOption
 
 
 def predict_fields(
-    fold_paths: Sequence[str | Path], images: str, masks: str, options: PredictOptions = PredictOptions(), ids: Sequence[str] | None = None
+    fold_paths: Sequence[str | Path],
+    images: str,
+    masks: str,
+    options: PredictOptions = PredictOptions(),
+    ids: Sequence[str] | None = None,
 ):
     """Predict every field of ``images`` (or ``ids``) with the mean of the given fold models."""
     from hpasc.data.fields import FieldDataset, FieldTable
@@ -272,7 +306,12 @@ def predict_fields(
     cfg = loaded[0][1]
     image_store, mask_store = _open(images), _open(masks)
     ids = list(ids) if ids is not None else list_field_ids(image_store)
-    dataset = FieldDataset(FieldTable.unlabelled(ids, image_store, mask_store), np.arange(len(ids)), cfg.data, mode="predict")
+    dataset = FieldDataset(
+        FieldTable.unlabelled(ids, image_store, mask_store),
+        np.arange(len(ids)),
+        cfg.data,
+        mode="predict",
+    )
     return predict_dataset(
         [m for m, _ in loaded], dataset, options.tta or cfg.predict.tta, options.upsample or cfg.predict.upsample,
         options.batch_size or cfg.predict.batch_size, options.num_workers, device, options.progress,

@@ -116,3 +116,33 @@ def crop_step(p: dict[str, Any], ctx: TaskContext) -> None:
         workers=int(p["workers"]),
         overwrite=not ctx.resume,
     )
+
+
+@step_kind("segment")
+def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """images, method (classical|hpa-unet|cellpose), nuclei_out, workers, batch_size, options, out"""
+    from hpasc.segment.sets import segment_set
+
+    p = _take(
+        p,
+        ctx,
+        ("images",),
+        {
+            "out": str(ctx.out),
+            "method": "classical",
+            "nuclei_out": None,
+            "workers": 1,
+            "batch_size": 4,
+            "options": {},
+        },
+    )
+    segment_set(
+        p["images"],
+        p["out"],
+        method=p["method"],
+        nuclei_out=p["nuclei_out"],
+        workers=int(p["workers"]),
+        batch_size=int(p["batch_size"]),
+        overwrite=not ctx.resume,
+        options=dict(p["options"] or {}),
+    )

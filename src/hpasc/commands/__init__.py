@@ -35,3 +35,11 @@ def register_groups(app: typer.Typer) -> None:
     for name, group in GROUPS.items():
         if group.registered_commands or group.registered_groups:
             app.add_typer(group, name=name)
+
+
+def report_summary(out: str, summary) -> None:
+    """Print a per-field run summary; exit 1 when fields failed (they are listed in OUT/errors.csv)."""
+    typer.echo(f"{out}: {summary}")
+    if summary.failed:
+        typer.echo(f"{summary.failed} field(s) failed; see {out}/errors.csv", err=True)
+        raise typer.Exit(1)

@@ -8,11 +8,21 @@ import typer
 
 
 def train_image_level(
-    config: Path = typer.Argument(..., help="Image-level config YAML (e.g. configs/image-level/b2-768.yaml)."),
-    overrides: list[str] = typer.Argument(None, help="Config overrides a.b=value (e.g. data.root=/data/hpa optim.lr=3e-4)."),
-    fold: str = typer.Option("all", "--fold", help="Fold to train: an index, a list like 0,2, or 'all'."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from each fold's checkpoints/last.ckpt."),
-    run_dir: Path = typer.Option(None, "--run-dir", help="Run folder (default: runs/<config name>); folds go to fold-<k>/."),
+    config: Path = typer.Argument(
+        ..., help="Image-level config YAML (e.g. configs/image-level/b2-768.yaml)."
+    ),
+    overrides: list[str] = typer.Argument(
+        None, help="Config overrides a.b=value (e.g. data.root=/data/hpa optim.lr=3e-4)."
+    ),
+    fold: str = typer.Option(
+        "all", "--fold", help="Fold to train: an index, a list like 0,2, or 'all'."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from each fold's checkpoints/last.ckpt."
+    ),
+    run_dir: Path = typer.Option(
+        None, "--run-dir", help="Run folder (default: runs/<config name>); folds go to fold-<k>/."
+    ),
 ) -> None:
     """Train an image-level CAM-consistency model on one fold or all folds."""
     from hpasc.train.cam_config import load_image_level_config
@@ -26,16 +36,43 @@ def train_image_level(
 
 
 def predict_image_level(
-    run: list[Path] = typer.Argument(..., help="Run folder(s) or fold folder(s) of image-level models."),
-    images: str = typer.Option(None, "--images", help="Image store (required for --split test; replaces the config's for valid)."),
-    masks: str = typer.Option(None, "--masks", help="Mask store at the images' resolution (as --images)."),
-    split: str = typer.Option("test", "--split", help="valid: each fold predicts its own validation fields; test: every field of --images, mean of the folds."),
-    tta: str = typer.Option(None, "--tta", help="d4 (8 passes) or none (default: the run's predict.tta)."),
-    upsample: str = typer.Option(None, "--upsample", help="CAM up-sampling: bilinear or nearest (default: the run's)."),
-    checkpoint: str = typer.Option(None, "--checkpoint", help="last, best or a checkpoint path (default: the run's)."),
-    output: Path = typer.Option(None, "-o", "--output", help="Cell table (.parquet). For --split valid without it, each fold writes valid_cells.parquet."),
-    image_output: Path = typer.Option(None, "--image-output", help="Image-level table (default: <output>.images.parquet)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Fields per forward pass (default: the run's)."),
+    run: list[Path] = typer.Argument(
+        ..., help="Run folder(s) or fold folder(s) of image-level models."
+    ),
+    images: str = typer.Option(
+        None,
+        "--images",
+        help="Image store (required for --split test; replaces the config's for valid).",
+    ),
+    masks: str = typer.Option(
+        None, "--masks", help="Mask store at the images' resolution (as --images)."
+    ),
+    split: str = typer.Option(
+        "test",
+        "--split",
+        help="valid: each fold predicts its own validation fields; test: every field of --images, mean of the folds.",
+    ),
+    tta: str = typer.Option(
+        None, "--tta", help="d4 (8 passes) or none (default: the run's predict.tta)."
+    ),
+    upsample: str = typer.Option(
+        None, "--upsample", help="CAM up-sampling: bilinear or nearest (default: the run's)."
+    ),
+    checkpoint: str = typer.Option(
+        None, "--checkpoint", help="last, best or a checkpoint path (default: the run's)."
+    ),
+    output: Path = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="Cell table (.parquet). For --split valid without it, each fold writes valid_cells.parquet.",
+    ),
+    image_output: Path = typer.Option(
+        None, "--image-output", help="Image-level table (default: <output>.images.parquet)."
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Fields per forward pass (default: the run's)."
+    ),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
 ) -> None:
@@ -55,26 +92,40 @@ def predict_image_level(
             raise ConfigError("--split test needs --images, --masks and -o")
         cells, image_table = predict_fields(folds, images, masks, options)
         paths = write_predictions(cells, image_table, output, image_output)
-        typer.echo(f"{len(image_table)} fields, {len(cells)} cells ({len(folds)} fold model(s)) -> {paths[0]}, {paths[1]}")
+        typer.echo(
+            f"{len(image_table)} fields, {len(cells)} cells ({len(folds)} fold model(s)) -> {paths[0]}, {paths[1]}"
+        )
         return
     parts = []
     for fp in folds:
         cells, image_table = predict_valid(fp, options, images, masks)
         if output is None:
-            paths = write_predictions(cells, image_table, fp / runs.VALID_CELLS, fp / runs.VALID_IMAGES)
-            typer.echo(f"{fp}: {len(image_table)} validation fields, {len(cells)} cells -> {paths[0]}")
+            paths = write_predictions(
+                cells, image_table, fp / runs.VALID_CELLS, fp / runs.VALID_IMAGES
+            )
+            typer.echo(
+                f"{fp}: {len(image_table)} validation fields, {len(cells)} cells -> {paths[0]}"
+            )
         parts.append((cells, image_table))
     if output is not None:
         cells = pd.concat([c for c, _ in parts], ignore_index=True)
         image_table = pd.concat([i for _, i in parts], ignore_index=True)
         paths = write_predictions(cells, image_table, output, image_output)
-        typer.echo(f"{len(image_table)} validation fields, {len(cells)} cells -> {paths[0]}, {paths[1]}")
+        typer.echo(
+            f"{len(image_table)} validation fields, {len(cells)} cells -> {paths[0]}, {paths[1]}"
+        )
 
 
 def oof(
-    runs_: list[Path] = typer.Argument(..., metavar="RUNS...", help="Run folder(s) or fold folders whose validation predictions to join."),
+    runs_: list[Path] = typer.Argument(
+        ...,
+        metavar="RUNS...",
+        help="Run folder(s) or fold folders whose validation predictions to join.",
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Out-of-fold cell table (.parquet)."),
-    image_output: Path = typer.Option(None, "--image-output", help="Image-level table (default: <output>.images.parquet)."),
+    image_output: Path = typer.Option(
+        None, "--image-output", help="Image-level table (default: <output>.images.parquet)."
+    ),
 ) -> None:
     """Join each fold's validation predictions into one out-of-fold table over all training fields."""
     from hpasc.oof import join_oof

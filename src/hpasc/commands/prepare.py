@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
+
+from hpasc.commands import report_summary
 
 _WORKERS = typer.Option(1, "--workers", "-j", min=1, help="Worker processes.")
 _SHARD = typer.Option(
@@ -18,14 +18,6 @@ _ON_ERROR = typer.Option(
     "--on-error",
     help="stop: the first failing field stops the run; skip: log it to OUT/errors.csv, go on.",
 )
-
-
-def _report(out: str, summary) -> None:
-    typer.echo(f"{out}: {summary}")
-    if summary.failed:
-        typer.echo(f"{summary.failed} field(s) failed; see {out}/errors.csv", err=True)
-        # Not typer.Exit: the CLI runs click with standalone_mode=False, which drops its code.
-        sys.exit(1)
 
 
 def resize(
@@ -63,7 +55,7 @@ def resize(
         overwrite=overwrite,
         on_error=on_error,
     )
-    _report(output, summary)
+    report_summary(output, summary)
 
 
 def crop(
@@ -95,7 +87,7 @@ def crop(
         overwrite=overwrite,
         on_error=on_error,
     )
-    _report(output, summary)
+    report_summary(output, summary)
 
 
 def register(app: typer.Typer) -> None:

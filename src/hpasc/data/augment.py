@@ -85,7 +85,9 @@ def _check_grid(x: torch.Tensor, box: CutMixBox) -> CutMixBox:
     if (h, w) != (box.height, box.width):
         box = box.scaled(h, w)
     if x.shape[0] != len(box.perm):
-        raise ValueError(f"batch of {x.shape[0]} does not match a CutMix permutation of {len(box.perm)}")
+        raise ValueError(
+            f"batch of {x.shape[0]} does not match a CutMix permutation of {len(box.perm)}"
+        )
     return box
 
 
@@ -196,7 +198,7 @@ def sample_affine(
     augmentation has no preferred direction, so it is symmetric here.
     """
     angle = float(rng.uniform(-angle_limit, angle_limit)) if angle_limit > 0 else 0.0
-    sx, sy = (rng.uniform(-shear_limit, shear_limit, size=2) if shear_limit > 0 else (0.0, 0.0))
+    sx, sy = rng.uniform(-shear_limit, shear_limit, size=2) if shear_limit > 0 else (0.0, 0.0)
     scale = 1.0 + float(rng.uniform(-scale_limit, scale_limit)) if scale_limit > 0 else 1.0
     return AffineParams(angle, (float(sx), float(sy)), scale)
 
@@ -212,7 +214,13 @@ def affine(x: torch.Tensor, params: AffineParams, nearest: bool = False) -> torc
     if params.is_identity:
         return x
     mode = InterpolationMode.NEAREST if nearest else InterpolationMode.BILINEAR
-    kwargs = dict(angle=params.angle, translate=[0.0, 0.0], scale=params.scale, shear=list(params.shear), interpolation=mode)
+    kwargs = dict(
+        angle=params.angle,
+        translate=[0.0, 0.0],
+        scale=params.scale,
+        shear=list(params.shear),
+        interpolation=mode,
+    )
     if x.dtype.is_floating_point:
         return tvf.affine(x, **kwargs)
     # integer masks: ids are exact in float32 up to 2**24

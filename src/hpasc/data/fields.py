@@ -58,12 +58,21 @@ class FieldTable:
 
     def with_stores(self, images, masks) -> FieldTable:
         """The same fields read from other stores (e.g. masks of another resolution)."""
-        return FieldTable(self.ids, self.source, self.y, self.fold, [(images, masks)] * len(self.stores), self.source_names)
+        return FieldTable(
+            self.ids,
+            self.source,
+            self.y,
+            self.fold,
+            [(images, masks)] * len(self.stores),
+            self.source_names,
+        )
 
     def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """Row indices of the training and validation fields of ``fold``."""
         if fold not in set(self.fold.tolist()):
-            raise ConfigError(f"fold {fold} does not exist (folds: {sorted(set(self.fold.tolist()))})")
+            raise ConfigError(
+                f"fold {fold} does not exist (folds: {sorted(set(self.fold.tolist()))})"
+            )
         return np.flatnonzero(self.fold != fold), np.flatnonzero(self.fold == fold)
 
 
@@ -92,7 +101,9 @@ def load_field_table(data_cfg, check_images: bool = True) -> FieldTable:
             fold_of = dict(zip(table["ID"].astype(str), table["fold"].astype(int), strict=True))
             missing = [f for f in labels.ids if f not in fold_of]
             if missing:
-                raise InputError(f"fold table {src.folds} lacks {len(missing)} labelled field(s), e.g. {missing[:3]}")
+                raise InputError(
+                    f"fold table {src.folds} lacks {len(missing)} labelled field(s), e.g. {missing[:3]}"
+                )
             f = np.array([fold_of[k] for k in labels.ids], dtype=np.int64)
         else:
             f = make_folds(labels, data_cfg.n_folds, data_cfg.fold_seed)["fold"].to_numpy()
@@ -114,7 +125,9 @@ def load_field_table(data_cfg, check_images: bool = True) -> FieldTable:
     dup = pd.Index(ids)[pd.Index(ids).duplicated()]
     if len(dup):
         raise InputError(f"field ids appear in several sources: {list(dup[:5])}")
-    return FieldTable(ids, np.concatenate(source), np.concatenate(ys), np.concatenate(folds), stores, names)
+    return FieldTable(
+        ids, np.concatenate(source), np.concatenate(ys), np.concatenate(folds), stores, names
+    )
 
 
 # ---------------------------------------------------------------------------- pseudo labels
@@ -135,7 +148,11 @@ class PseudoLabels:
         order = np.lexsort((cells, table["image_id"].to_numpy()))
         image_ids = table["image_id"].to_numpy()[order]
         cells, probs = cells[order], probs[order]
-        starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]]) if len(order) else np.array([], int)
+        starts = (
+            np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]])
+            if len(order)
+            else np.array([], int)
+        )
         ends = np.r_[starts[1:], len(order)]
         self._by_field: dict[str, tuple[np.ndarray, np.ndarray]] = {
             str(image_ids[s]): (cells[s:e], probs[s:e]) for s, e in zip(starts, ends, strict=True)
@@ -199,7 +216,9 @@ def build_albumentations(specs: list[dict[str, Any]]):
         name = spec.pop("type", None)
         cls = getattr(A, str(name), None)
         if cls is None:
-            raise ConfigError(f"augmentation {name!r} is not an albumentations transform (spec {spec})")
+            raise ConfigError(
+                f"augmentation {name!r} is not an albumentations transform (spec {spec})"
+            )
         try:
             out.append(cls(**spec))
         except Exception as exc:
@@ -262,7 +281,11 @@ class FieldDataset(Dataset):
         self.mean, self.std = data_cfg.mean, data_cfg.std
         crop = data_cfg.crop_size if mode == "train" else data_cfg.valid_crop_size
         self.geometric = geometric_transform(mode, crop, data_cfg.hflip_p, data_cfg.vflip_p)
-        self.heavy_pixel = build_albumentations(data_cfg.heavy_pixel_aug) if mode == "train" and data_cfg.heavy_pixel_aug else None
+        self.heavy_pixel = (
+            build_albumentations(data_cfg.heavy_pixel_aug)
+            if mode == "train" and data_cfg.heavy_pixel_aug
+            else None
+        )
         self.pseudo = pseudo
         self.drop_cell_p = drop_cell_p if mode == "train" else 0.0
         self.seed = seed
@@ -270,7 +293,9 @@ class FieldDataset(Dataset):
         if pseudo is not None:
             missing = [table.ids[r] for r in self.rows if table.ids[r] not in pseudo]
             if missing:
-                raise InputError(f"{pseudo.source}: no pseudo labels for {len(missing)} field(s), e.g. {missing[:3]}")
+                raise InputError(
+                    f"{pseudo.source}: no pseudo labels for {len(missing)} field(s), e.g. {missing[:3]}"
+                )
 
     def set_epoch(self, epoch: int) -> None:
         """Training draws depend on the epoch: call before each epoch."""

@@ -50,11 +50,19 @@ class CAMClassifier(nn.Module):
 
         self.cfg = cfg
         # no affine, no running statistics: a per-image, per-channel standardisation
-        self.input_norm = nn.InstanceNorm2d(cfg.in_chans) if cfg.instance_norm_input else nn.Identity()
-        self.backbone = timm.create_model(
-            cfg.arch, pretrained=cfg.pretrained, num_classes=0, in_chans=cfg.in_chans, **cfg.backbone_kwargs
+        self.input_norm = (
+            nn.InstanceNorm2d(cfg.in_chans) if cfg.instance_norm_input else nn.Identity()
         )
-        self.head = build_head(cfg.head, self.backbone.num_features, cfg.num_classes, cfg.cosine_scale)
+        self.backbone = timm.create_model(
+            cfg.arch,
+            pretrained=cfg.pretrained,
+            num_classes=0,
+            in_chans=cfg.in_chans,
+            **cfg.backbone_kwargs,
+        )
+        self.head = build_head(
+            cfg.head, self.backbone.num_features, cfg.num_classes, cfg.cosine_scale
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class activation map, B×C×h×w (logits per pixel of the feature grid)."""

@@ -13,7 +13,9 @@ OBJECTIVES = ("focal", "bce")
 CONSISTENCY_CRITERIA = ("ce", "focal", "l1", "l2")
 
 
-def focal_loss_elementwise(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+def focal_loss_elementwise(
+    logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0
+) -> torch.Tensor:
     """Per-element focal loss (no α): ``(1 − p_t)^γ · BCE``."""
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     return (1.0 - torch.exp(-bce)) ** gamma * bce
@@ -60,7 +62,9 @@ def consistency_loss(
         diff = logits - target_logits
         per = diff.abs() if criterion == "l1" else diff * diff
     else:
-        raise ValueError(f"unknown consistency criterion {criterion!r}; expected one of {CONSISTENCY_CRITERIA}")
+        raise ValueError(
+            f"unknown consistency criterion {criterion!r}; expected one of {CONSISTENCY_CRITERIA}"
+        )
     # where() keeps NaN/inf of invalid (padded) entries out of the sum and its gradient
     per = torch.where(valid > 0, per, torch.zeros_like(per))
     return per.sum() / (valid.sum() + 1e-6)

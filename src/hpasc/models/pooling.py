@@ -32,10 +32,14 @@ def cell_sum_pool(
     counts : (B, K) float tensor: pixels per cell (0 for ids absent from an image).
     """
     if values.ndim != 4 or mask.ndim != 3:
-        raise ValueError(f"expected values B×C×H×W and mask B×H×W, got {tuple(values.shape)} and {tuple(mask.shape)}")
+        raise ValueError(
+            f"expected values B×C×H×W and mask B×H×W, got {tuple(values.shape)} and {tuple(mask.shape)}"
+        )
     b, c, h, w = values.shape
     if tuple(mask.shape) != (b, h, w):
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match values {tuple(values.shape)}")
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not match values {tuple(values.shape)}"
+        )
     if mask.dtype.is_floating_point or mask.dtype == torch.bool:
         raise ValueError(f"mask must be an integer tensor, got {mask.dtype}")
     top = int(mask.max()) if mask.numel() else 0

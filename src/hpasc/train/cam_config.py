@@ -45,7 +45,9 @@ class DataConfig:
     vflip_p: float = 0.0
     mean: float = 0.5  # Normalize((x/255 − mean)/std), same for the 4 channels
     std: float = 0.125
-    heavy_pixel_aug: list[dict[str, Any]] = field(default_factory=list)  # albumentations specs, heavy view only
+    heavy_pixel_aug: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # albumentations specs, heavy view only
     batch_size: int = 8
     valid_batch_size: int | None = None  # default 2 × batch_size
     num_workers: int = 4
@@ -62,7 +64,9 @@ class LossConfig:
 class ConsistencyConfig:
     max_alpha: float = 1.0  # weight of the consistency loss
     alpha_ramp: float = 0.0  # > 0: α rises linearly over this fraction of all steps
-    criterion: str = "ce"  # "ce", "focal" (targets are probabilities), "l1", "l2" (logits; stage 1 only)
+    criterion: str = (
+        "ce"  # "ce", "focal" (targets are probabilities), "l1", "l2" (logits; stage 1 only)
+    )
     targets: str = "all"  # "all" or "positive_only" (classes of the image label only)
     hard_label_threshold: float | None = None  # p ≥ t → 1, p ≤ 1−t → 0, others ignored
 
@@ -82,8 +86,10 @@ class AugmentConfig:
 
 @dataclass
 class PredictConfig:
-    tta: str = "d4"  # "d4" (8 passes, mean of probabilities) or "none"
-    upsample: str = "bilinear"  # CAM → mask resolution: "bilinear" (as in training) or "nearest" (reference)
+    tta: str | None = "d4"  # "d4" (8 passes, mean of probabilities) or none (null)
+    upsample: str = (
+        "bilinear"  # CAM → mask resolution: "bilinear" (as in training) or "nearest" (reference)
+    )
     batch_size: int = 4
     checkpoint: str = "last"  # "last", "best" or a path
     after_fit: bool = True  # predict this fold's validation fields when training ends
@@ -119,7 +125,7 @@ def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
     _choice(cfg.consistency.criterion, CONSISTENCY_CRITERIA, "consistency.criterion")
     _choice(cfg.consistency.targets, ("all", "positive_only"), "consistency.targets")
     _choice(cfg.model.head, ("conv", "cosine"), "model.head")
-    _choice(cfg.predict.tta, ("d4", "none"), "predict.tta")
+    _choice(cfg.predict.tta or "none", ("d4", "none"), "predict.tta")
     _choice(cfg.predict.upsample, ("bilinear", "nearest"), "predict.upsample")
     t = cfg.consistency.hard_label_threshold
     if t is not None and not 0.5 <= t <= 1.0:
@@ -131,12 +137,16 @@ def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
     for i, src in enumerate(cfg.data.sources):
         for key in ("images", "masks", "labels"):
             if not getattr(src, key):
-                raise ConfigError(f"data.sources[{i}].{key} is required (a path relative to data.root)")
+                raise ConfigError(
+                    f"data.sources[{i}].{key} is required (a path relative to data.root)"
+                )
     pseudo = [bool(s.pseudo_labels) for s in cfg.data.sources]
     if any(pseudo) and not all(pseudo):
         raise ConfigError("data.sources: set pseudo_labels on every source or on none")
     if any(pseudo) and cfg.consistency.criterion in ("l1", "l2"):
-        raise ConfigError(f"consistency.criterion {cfg.consistency.criterion!r} compares logits: stage 1 only (no pseudo_labels)")
+        raise ConfigError(
+            f"consistency.criterion {cfg.consistency.criterion!r} compares logits: stage 1 only (no pseudo_labels)"
+        )
     return cfg
 
 

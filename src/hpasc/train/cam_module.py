@@ -59,16 +59,24 @@ class CAMConsistencyModule(L.LightningModule):
     """LightningModule of an :class:`~hpasc.train.cam_config.ImageLevelConfig`.
 
     ``cell_metric``: optional callable taking a cell table of the validation fields
-    (``image_id, cell_id, p00…p18``) and returning the competition mAP.
+    (``image_id, cell_id, p00…p18``) and returning the competition mAP. ``load_init=False``
+    skips ImageNet / ``init_from`` weights (a resumed run loads its checkpoint instead).
     """
 
-    def __init__(self, cfg, fold: int | None = None, cell_metric: Callable | None = None) -> None:
+    def __init__(
+        self, cfg, fold: int | None = None, cell_metric: Callable | None = None, load_init: bool = True
+    ) -> None:
         super().__init__()
+        import dataclasses
+
         from hpasc.config import to_dict
 
         self.save_hyperparameters({"config": to_dict(cfg), "fold": fold})
         self.cfg = cfg
-        self.model = build_cam_model(cfg.model, fold)
+        model_cfg = cfg.model
+        if not load_init:  # resuming: the checkpoint brings the weights
+            model_cfg = dataclasses.replace(model_cfg, pretrained=False, init_from=None)
+        self.model = build_cam_model(model_cfg, fold)
         self.cell_metric = cell_metric
         self.use_pseudo = any(s.pseudo_labels for s in cfg.data.sources)
         self._valid_outputs: list[dict[str, Any]] = []
@@ -86,11 +94,18 @@ class CAMConsistencyModule(L.LightningModule):
         c = self.cfg.consistency
         if c.alpha_ramp <= 0:
             return c.max_alpha
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        total = (
+            max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        )
         return min(c.max_alpha, c.max_alpha * self.global_step / (total * c.alpha_ramp))
 
     def _consistency_targets(
-        self, batch: dict[str, torch.Tensor], clean_cam: torch.Tensor, mask: torch.Tensor, affine_params, k: int
+        self,
+        batch: dict[str, torch.Tensor],
+        clean_cam: torch.Tensor,
+        mask: torch.Tensor,
+        affine_params,
+        k: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(target probabilities B×C×K, target logits or None, validity B×C×K)."""
         if self.use_pseudo:
@@ -116,8 +131,16 @@ class CAMConsistencyModule(L.LightningModule):
             affine_params = sample_affine(rng, aug.angle_limit, aug.shear_limit, aug.scale_limit)
             xh = affine(xh, affine_params)
             mask = affine(mask, affine_params, nearest=True)
-        boxes_clean = sample_cutmix_boxes(b, h, w, rng, aug.cutmix_repeat) if b > 1 and rng.random() < aug.cutmix_p else []
-        boxes_heavy = sample_cutmix_boxes(b, h, w, rng, aug.cutmix_repeat) if b > 1 and rng.random() < aug.cutmix_heavy_p else []
+        boxes_clean = (
+            sample_cutmix_boxes(b, h, w, rng, aug.cutmix_repeat)
+            if b > 1 and rng.random() < aug.cutmix_p
+            else []
+        )
+        boxes_heavy = (
+            sample_cutmix_boxes(b, h, w, rng, aug.cutmix_repeat)
+            if b > 1 and rng.random() < aug.cutmix_heavy_p
+            else []
+        )
         if boxes_clean:
             x = cutmix(x, boxes_clean)
         if boxes_heavy:
@@ -134,7 +157,9 @@ class CAMConsistencyModule(L.LightningModule):
         class_loss = classification_loss(logits, y, cfg.loss.objective, cfg.loss.focal_gamma)
 
         heavy_means, counts = cell_mean_pool(cam_heavy, mask, k)
-        targets, target_logits, valid = self._consistency_targets(batch, cam_clean, mask, affine_params, k)
+        targets, target_logits, valid = self._consistency_targets(
+            batch, cam_clean, mask, affine_params, k
+        )
         valid = valid & (counts > 0)[:, None, :]
         if cfg.consistency.targets == "positive_only":
             valid = valid & (y[:, :, None] > 0.5)
@@ -144,15 +169,22 @@ class CAMConsistencyModule(L.LightningModule):
             targets = (targets >= t).float()
         targets = torch.nan_to_num(targets, nan=0.0)
         cons_loss = consistency_loss(
-            heavy_means, targets, valid, cfg.consistency.criterion, target_logits, cfg.loss.focal_gamma
+            heavy_means,
+            targets,
+            valid,
+            cfg.consistency.criterion,
+            target_logits,
+            cfg.loss.focal_gamma,
         )
         alpha = self.alpha()
         loss = cfg.loss.class_weight * class_loss + alpha * cons_loss
-        log = dict(on_step=True, on_epoch=True, batch_size=b)
+        log = dict(on_step=True, on_epoch=True, batch_size=b, sync_dist=True)
         self.log("train/loss", loss, prog_bar=True, **log)
         self.log("train/class_loss", class_loss, **log)
         self.log("train/consistency_loss", cons_loss, **log)
-        self.log("train/alpha", float(alpha), on_step=False, on_epoch=True, batch_size=b)
+        self.log(
+            "train/alpha", float(alpha), on_step=False, on_epoch=True, batch_size=b, sync_dist=True
+        )
         return loss
 
     # --------------------------------------------------------------------------- validation
@@ -168,7 +200,9 @@ class CAMConsistencyModule(L.LightningModule):
             "label": batch["label"].cpu().numpy(),
         }
         if self.cell_metric is not None:
-            out["cells"] = cell_predictions(cam, batch["mask"], batch["cell_ids"], self.cfg.predict.upsample)
+            out["cells"] = cell_predictions(
+                cam, batch["mask"], batch["cell_ids"], self.cfg.predict.upsample
+            )
         self._valid_outputs.append(out)
 
     def on_validation_epoch_end(self) -> None:
@@ -185,7 +219,8 @@ class CAMConsistencyModule(L.LightningModule):
         if self.cell_metric is not None:
             metrics["cell_map"] = float(self.cell_metric(self._cell_table(outputs)))
         for name, value in metrics.items():
-            self.log(f"valid/{name}", value, prog_bar=name in ("map", "cell_map"), sync_dist=False, rank_zero_only=False)
+            # identical on every rank (computed from gathered outputs): syncing is a no-op mean
+            self.log(f"valid/{name}", value, prog_bar=name in ("map", "cell_map"), sync_dist=True)
 
     def _cell_table(self, outputs: list[dict[str, Any]]):
         from hpasc.cells import make_table
@@ -204,7 +239,9 @@ class CAMConsistencyModule(L.LightningModule):
         return make_table(
             image_ids,
             np.concatenate(cell_ids) if cell_ids else np.zeros(0, np.int64),
-            np.concatenate(probs) if probs else np.zeros((0, self.cfg.model.num_classes), np.float32),
+            np.concatenate(probs)
+            if probs
+            else np.zeros((0, self.cfg.model.num_classes), np.float32),
         )
 
     # ---------------------------------------------------------------------------- optimiser

@@ -26,7 +26,9 @@ def read_solution(path: str) -> pd.DataFrame:
     return df
 
 
-def competition_map(table: pd.DataFrame, fields: Sequence[tuple[str, Any]], solution: pd.DataFrame) -> float:
+def competition_map(
+    table: pd.DataFrame, fields: Sequence[tuple[str, Any]], solution: pd.DataFrame
+) -> float:
     """mAP@0.6 of the cell table ``table`` on ``fields`` = [(image_id, mask store), …]."""
     from hpasc.io.images import read_mask
     from hpasc.metric import evaluate

@@ -36,11 +36,20 @@ def _pseudo_labels(cfg: ImageLevelConfig):
     from hpasc.cells import read_table
     from hpasc.data.fields import PseudoLabels
 
-    paths = list(dict.fromkeys(resolve_path(cfg.data.root, s.pseudo_labels) for s in cfg.data.sources if s.pseudo_labels))
+    paths = list(
+        dict.fromkeys(
+            resolve_path(cfg.data.root, s.pseudo_labels)
+            for s in cfg.data.sources
+            if s.pseudo_labels
+        )
+    )
     if not paths:
         return None
     tables = [read_table(p) for p in paths]
-    return PseudoLabels(pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0], source=", ".join(paths))
+    return PseudoLabels(
+        pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0],
+        source=", ".join(paths),
+    )
 
 
 def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
@@ -48,7 +57,11 @@ def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
     validation sees whole fields; None otherwise."""
     from hpasc.train.cell_metric import CellMetric, read_solution
 
-    if not cfg.validation.cell_metric or cfg.data.valid_crop_size is not None or len(valid_rows) == 0:
+    if (
+        not cfg.validation.cell_metric
+        or cfg.data.valid_crop_size is not None
+        or len(valid_rows) == 0
+    ):
         return None
     sources = sorted({int(table.source[r]) for r in valid_rows})
     if not all(cfg.data.sources[s].solution for s in sources):
@@ -56,7 +69,8 @@ def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
     import pandas as pd
 
     solution = pd.concat(
-        [read_solution(resolve_path(cfg.data.root, cfg.data.sources[s].solution)) for s in sources], ignore_index=True
+        [read_solution(resolve_path(cfg.data.root, cfg.data.sources[s].solution)) for s in sources],
+        ignore_index=True,
     )
     fields = [(table.ids[r], table.stores[table.source[r]][1]) for r in valid_rows]
     return CellMetric(fields, solution)
@@ -69,19 +83,30 @@ def _loaders(cfg: ImageLevelConfig, train_ds, valid_ds):
     from hpasc.data.fields import collate_fields
 
     d = cfg.data
-    common = dict(num_workers=d.num_workers, collate_fn=collate_fields, pin_memory=torch.cuda.is_available())
+    common = dict(
+        num_workers=d.num_workers, collate_fn=collate_fields, pin_memory=torch.cuda.is_available()
+    )
     train = DataLoader(
-        train_ds, batch_size=d.batch_size, shuffle=True, drop_last=len(train_ds) > d.batch_size,
+        train_ds, batch_size=d.batch_size, shuffle=True, drop_last=False,
         generator=torch.Generator().manual_seed(cfg.trainer.seed), **common,
     )  # fmt: skip
-    valid = DataLoader(valid_ds, batch_size=d.valid_batch_size or 2 * d.batch_size, shuffle=False, **common)
+    valid = DataLoader(
+        valid_ds, batch_size=d.valid_batch_size or 2 * d.batch_size, shuffle=False, **common
+    )
     return train, valid
 
 
 def train_fold(
-    cfg: ImageLevelConfig, fold: int, run_dir: str | Path, resume: bool = False, fold_path: str | Path | None = None
+    cfg: ImageLevelConfig,
+    fold: int,
+    run_dir: str | Path,
+    resume: bool = False,
+    fold_path: str | Path | None = None,
+    callbacks: list | None = None,
 ) -> Path:
     """Train ``fold`` of ``cfg`` into ``run_dir/fold-<fold>`` (or ``fold_path``); returns that folder.
+
+    ``callbacks``: extra Lightning callbacks (early stopping, profiling, …).
 
     ``resume`` continues from ``checkpoints/last.ckpt`` when it exists (a fresh start otherwise);
     without it, a fold folder that already holds a checkpoint is an :class:`OutputError`.
@@ -96,39 +121,64 @@ def train_fold(
     out = Path(fold_path) if fold_path is not None else runs.fold_dir(run_dir, fold)
     last = runs.last_checkpoint(out)
     if last.exists() and not resume:
-        raise OutputError(f"{out} already holds a trained model ({last}); pass --resume to continue it or choose another --run-dir")
+        raise OutputError(
+            f"{out} already holds a trained model ({last}); pass --resume to continue it or choose another --run-dir"
+        )
     ckpt = str(last) if resume and last.exists() else None
 
     seed_everything(cfg.trainer.seed + fold)
     table = load_field_table(cfg.data)
     train_rows, valid_rows = table.split(fold)
     train_ds = FieldDataset(
-        table, train_rows, cfg.data, "train", _pseudo_labels(cfg), cfg.augment.drop_cell_p, seed=cfg.trainer.seed + 1000 * fold
+        table,
+        train_rows,
+        cfg.data,
+        "train",
+        _pseudo_labels(cfg),
+        cfg.augment.drop_cell_p,
+        seed=cfg.trainer.seed + 1000 * fold,
     )
     valid_ds = FieldDataset(table, valid_rows, cfg.data, "valid")
     train_loader, valid_loader = _loaders(cfg, train_ds, valid_ds)
 
-    module = CAMConsistencyModule(cfg, fold, _cell_metric(cfg, table, valid_rows))
-    trainer = build_trainer(cfg.trainer, out, name=f"{cfg.name or 'image-level'}/fold-{fold}", callbacks=[DatasetEpoch(train_ds)])
+    module = CAMConsistencyModule(cfg, fold, _cell_metric(cfg, table, valid_rows), load_init=ckpt is None)
+    trainer = build_trainer(
+        cfg.trainer,
+        out,
+        name=f"{cfg.name or 'image-level'}/fold-{fold}",
+        callbacks=[DatasetEpoch(train_ds), *(callbacks or [])],
+    )
     if trainer.is_global_zero:
         dump_config(cfg, out / runs.CONFIG_NAME)
-    log.info("fold %d: %d training and %d validation fields -> %s", fold, len(train_rows), len(valid_rows), out)
+    log.info(
+        "fold %d: %d training and %d validation fields -> %s",
+        fold,
+        len(train_rows),
+        len(valid_rows),
+        out,
+    )
     trainer.fit(module, train_loader, valid_loader if len(valid_ds) else None, ckpt_path=ckpt)
 
     if cfg.predict.after_fit:
         if trainer.is_global_zero:
-            predict_fold_valid(out, device="cuda" if trainer.strategy.root_device.type == "cuda" else "cpu")
+            predict_fold_valid(
+                out, device="cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
+            )
         trainer.strategy.barrier("valid-predictions")
     return out
 
 
-def predict_fold_valid(fold_path: str | Path, device: str = "auto", progress: bool = True) -> tuple[Path, Path]:
+def predict_fold_valid(
+    fold_path: str | Path, device: str = "auto", progress: bool = True
+) -> tuple[Path, Path]:
     """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold."""
     from hpasc.predict import PredictOptions, predict_valid, write_predictions
 
     fold_path = Path(fold_path)
     cells, images = predict_valid(fold_path, PredictOptions(device=device, progress=progress))
-    return write_predictions(cells, images, fold_path / runs.VALID_CELLS, fold_path / runs.VALID_IMAGES)
+    return write_predictions(
+        cells, images, fold_path / runs.VALID_CELLS, fold_path / runs.VALID_IMAGES
+    )
 
 
 def folds_to_train(cfg: ImageLevelConfig, fold: str) -> list[int]:
@@ -140,7 +190,9 @@ def folds_to_train(cfg: ImageLevelConfig, fold: str) -> list[int]:
     try:
         folds = [int(f) for f in str(fold).split(",") if f.strip()]
     except ValueError:
-        raise ConfigError(f"--fold must be 'all', an index or a list like 0,2; got {fold!r}") from None
+        raise ConfigError(
+            f"--fold must be 'all', an index or a list like 0,2; got {fold!r}"
+        ) from None
     bad = [f for f in folds if not 0 <= f < cfg.data.n_folds]
     if bad or not folds:
         raise ConfigError(f"--fold {fold}: folds must lie in 0..{cfg.data.n_folds - 1}")

@@ -24,9 +24,14 @@ def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(aps)) if aps else float("nan")
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, gamma: float = 2.0) -> dict[str, float]:
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, gamma: float = 2.0
+) -> dict[str, float]:
     """``map``, ``bce`` and ``focal`` of ``logits`` (N×C) against multi-hot ``labels``."""
-    lt, yt = torch.as_tensor(logits, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.float32)
+    lt, yt = (
+        torch.as_tensor(logits, dtype=torch.float32),
+        torch.as_tensor(labels, dtype=torch.float32),
+    )
     return {
         "map": mean_average_precision(labels, logits),
         "bce": float(torch.nn.functional.binary_cross_entropy_with_logits(lt, yt)),

@@ -44,7 +44,9 @@ def lr_factor(epoch: int, cfg: OptimConfig, max_epochs: int) -> float:
     elif cfg.schedule == "none":
         factor = 1.0
     else:
-        raise ConfigError(f"optim.schedule: unknown schedule {cfg.schedule!r}; expected one of {SCHEDULES}")
+        raise ConfigError(
+            f"optim.schedule: unknown schedule {cfg.schedule!r}; expected one of {SCHEDULES}"
+        )
     if e < cfg.warmup_epochs:
         t = e / cfg.warmup_epochs
         factor *= cfg.warmup_factor * (1.0 - t) + t
@@ -55,7 +57,9 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     """``torch.optim.<cfg.optimizer>(params, lr=…, weight_decay=…, **cfg.params)``."""
     cls = getattr(torch.optim, cfg.optimizer, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ConfigError(f"optim.optimizer: {cfg.optimizer!r} is not a torch.optim optimiser (e.g. Adam, AdamW, SGD)")
+        raise ConfigError(
+            f"optim.optimizer: {cfg.optimizer!r} is not a torch.optim optimiser (e.g. Adam, AdamW, SGD)"
+        )
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **cfg.params)
 
 

@@ -57,9 +57,15 @@ def find_fold_dirs(paths: list[str | Path] | str | Path) -> list[Path]:
         if is_fold_dir(p):
             found.append(p)
             continue
-        children = sorted((c for c in p.glob("fold-*") if is_fold_dir(c)), key=fold_of) if p.is_dir() else []
+        children = (
+            sorted((c for c in p.glob("fold-*") if is_fold_dir(c)), key=fold_of)
+            if p.is_dir()
+            else []
+        )
         if not children:
-            raise InputError(f"{p} is neither a run folder with fold-<k>/{CONFIG_NAME} nor a fold folder")
+            raise InputError(
+                f"{p} is neither a run folder with fold-<k>/{CONFIG_NAME} nor a fold folder"
+            )
         found.extend(children)
     return found
 

@@ -16,7 +16,6 @@ training, checkpoints, logging and progress is decided here from a :class:`Train
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # auto → ddp when several devices/nodes; or any Lightning strategy name
     precision: str = "auto"  # auto, 32-true, bf16-mixed, 16-mixed
-    sync_batchnorm: bool = True  # as the reference under DDP
+    sync_batchnorm: bool = True  # as the reference under DDP (GPU only)
     seed: int = 0
     deterministic: bool = False
     cudnn_benchmark: bool = False
@@ -81,7 +80,9 @@ def _device_count(devices: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise ConfigError(f"trainer.devices: {devices!r} is not 'auto', a count or a list like '0,1'") from None
+        raise ConfigError(
+            f"trainer.devices: {devices!r} is not 'auto', a count or a list like '0,1'"
+        ) from None
 
 
 def _devices_arg(devices: str) -> Any:
@@ -109,6 +110,33 @@ def _limit(value: float) -> float | int:
     return int(value) if value > 1 else float(value)
 
 
+def _appending_csv_logger(save_dir: Path):
+    """A CSVLogger writing ``save_dir/metrics.csv`` that keeps the rows of earlier (resumed)
+    sessions: Lightning's writer deletes an existing file when it starts."""
+    import csv
+
+    from lightning.fabric.loggers.logger import rank_zero_experiment
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class KeepingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):
+                with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                    self.metrics_keys = sorted(next(csv.reader(f), []))
+
+    class AppendingCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = KeepingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return AppendingCSVLogger(save_dir=str(save_dir), name="", version="")
+
+
 def build_loggers(cfg: TrainerConfig, run_dir: Path, name: str = "") -> list:
     """CSV (``metrics.csv`` in ``run_dir``), TensorBoard (``run_dir/tensorboard``), W&B, MLflow."""
     from lightning.pytorch import loggers as pl_loggers
@@ -116,17 +144,33 @@ def build_loggers(cfg: TrainerConfig, run_dir: Path, name: str = "") -> list:
     out = []
     for kind in cfg.loggers:
         if kind == "csv":
-            out.append(pl_loggers.CSVLogger(save_dir=str(run_dir), name="", version=""))
+            out.append(_appending_csv_logger(run_dir))
         elif kind == "tensorboard":
-            out.append(pl_loggers.TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False))
+            out.append(
+                pl_loggers.TensorBoardLogger(
+                    save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
+                )
+            )
         elif kind == "wandb":
             _require("wandb", "wandb")
-            out.append(pl_loggers.WandbLogger(project=cfg.logger_project, name=name or None, save_dir=str(run_dir)))
+            out.append(
+                pl_loggers.WandbLogger(
+                    project=cfg.logger_project, name=name or None, save_dir=str(run_dir)
+                )
+            )
         elif kind == "mlflow":
             _require("mlflow", "mlflow")
-            out.append(pl_loggers.MLFlowLogger(experiment_name=cfg.logger_project, run_name=name or None, save_dir=str(run_dir / "mlruns")))
+            out.append(
+                pl_loggers.MLFlowLogger(
+                    experiment_name=cfg.logger_project,
+                    run_name=name or None,
+                    save_dir=str(run_dir / "mlruns"),
+                )
+            )
         else:
-            raise ConfigError(f"trainer.loggers: unknown logger {kind!r}; expected some of {LOGGERS}")
+            raise ConfigError(
+                f"trainer.loggers: unknown logger {kind!r}; expected some of {LOGGERS}"
+            )
     return out
 
 
@@ -134,10 +178,14 @@ def _require(module: str, package: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"trainer.loggers asks for {module} but it is not installed (pip install {package})")
+        raise ConfigError(
+            f"trainer.loggers asks for {module} but it is not installed (pip install {package})"
+        )
 
 
-def build_trainer(cfg: TrainerConfig, run_dir: str | Path, name: str = "", callbacks: list | None = None):
+def build_trainer(
+    cfg: TrainerConfig, run_dir: str | Path, name: str = "", callbacks: list | None = None
+):
     """A ``lightning.Trainer`` writing checkpoints and logs into ``run_dir`` (a fold folder).
 
     Examples
@@ -151,7 +199,16 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | Path, name: str = "", callb
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = checkpoint_dir(run_dir)
-    checkpoints = [ModelCheckpoint(dirpath=str(ckpt_dir), filename="last-epoch", save_last=True, save_top_k=0)]
+    # without a monitor, top-1 keeps the newest epoch: last.ckpt, overwritten every epoch
+    checkpoints = [
+        ModelCheckpoint(
+            dirpath=str(ckpt_dir),
+            filename="last",
+            save_top_k=1,
+            monitor=None,
+            enable_version_counter=False,
+        )
+    ]
     if cfg.monitor:
         checkpoints.append(
             ModelCheckpoint(
@@ -161,15 +218,14 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | Path, name: str = "", callb
         )  # fmt: skip
     loggers = build_loggers(cfg, run_dir, name)
     extra = [LearningRateMonitor(logging_interval="epoch")] if loggers else []
-    # the fold folder already holds config.yaml when the CSV logger starts: that is expected
-    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=_devices_arg(cfg.devices),
         num_nodes=cfg.num_nodes,
         strategy=resolve_strategy(cfg),
         precision=resolve_precision(cfg),
-        sync_batchnorm=cfg.sync_batchnorm,  # applied by parallel strategies only
+        # SyncBatchNorm needs GPUs; parallel strategies apply it, single-device ones ignore it
+        sync_batchnorm=cfg.sync_batchnorm and _is_gpu(cfg.accelerator),
         max_epochs=cfg.max_epochs,
         deterministic=cfg.deterministic,
         benchmark=cfg.cudnn_benchmark,

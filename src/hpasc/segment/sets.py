@@ -1,0 +1,224 @@
+"""Segment every field of an image store into a mask store (``hpasc segment``).
+
+Per-field methods (classical, cellpose) run one field per task in a pool of ``workers``
+processes. Batched methods (hpa-unet: ``Segmenter.batched``) run in this process so that fields
+share network forwards on the device; they are given ``workers`` for their own CPU pool (the
+``label_cell`` post-processing). Both go through
+:func:`hpasc.runner.run_fields`: sharding, resume (fields whose masks exist are skipped), a
+progress bar and the error policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from hpasc.errors import InputError
+from hpasc.io.images import encode_png, list_field_ids, read_field
+from hpasc.io.store import Store
+from hpasc.runner import RunSummary, parse_shard, run_fields, shard_ids
+from hpasc.segment import (
+    SEGMENTERS,
+    SegmentationResult,
+    Segmenter,
+    get_segmenter,
+    segmenter_class,
+)
+
+StoreLike = Store | str | os.PathLike
+
+
+def mask_name(field_id: str) -> str:
+    """File name of a field's mask in a mask store."""
+    return f"{field_id}.png"
+
+
+def _encode_mask(mask: np.ndarray) -> bytes:
+    if mask.dtype != np.uint16 and mask.size and int(mask.max()) > np.iinfo(np.uint16).max:
+        raise ValueError(f"{int(mask.max())} objects do not fit a 16-bit mask PNG")
+    return encode_png(mask.astype(np.uint16, copy=False))
+
+
+def _encode(result: SegmentationResult, with_nuclei: bool) -> tuple[bytes, bytes | None]:
+    return _encode_mask(result.cells), _encode_mask(result.nuclei) if with_nuclei else None
+
+
+@functools.cache
+def _segmenter_in_process(method: str, options: tuple, pid: int) -> Segmenter:
+    # One segmenter per worker process (a Cellpose model loads once, not once per field).
+    return get_segmenter(method, **dict(options))
+
+
+def _segment_one(
+    images: Store, method: str, options: tuple, with_nuclei: bool, field_id: str
+) -> tuple[bytes, bytes | None]:
+    segmenter = _segmenter_in_process(method, options, os.getpid())
+    return _encode(segmenter.segment(read_field(images, field_id)), with_nuclei)
+
+
+class _BatchedFields:
+    """``fn(field_id)`` for :func:`run_fields` that segments the next ``batch_size`` pending
+    fields together on the first call and hands out the cached results after.
+
+    ``run_fields`` calls it in the order of ``pending`` (sorted ids, sharded, skips removed), so
+    every batch is a run of consecutive pending fields. A field that cannot be read fails alone.
+    """
+
+    def __init__(
+        self,
+        images: Store,
+        segmenter: Segmenter,
+        pending: list[str],
+        batch_size: int,
+        with_nuclei: bool,
+    ) -> None:
+        self.images = images
+        self.segmenter = segmenter
+        self.position = {field_id: i for i, field_id in enumerate(pending)}
+        self.pending = pending
+        self.batch_size = batch_size
+        self.with_nuclei = with_nuclei
+        self.done: dict[str, tuple[bytes, bytes | None] | BaseException] = {}
+
+    def __call__(self, field_id: str) -> tuple[bytes, bytes | None]:
+        if field_id not in self.done:
+            start = self.position[field_id]
+            self._run(self.pending[start : start + self.batch_size])
+        outcome = self.done.pop(field_id)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _run(self, batch: list[str]) -> None:
+        read: dict[str, np.ndarray] = {}
+        for field_id in batch:
+            try:
+                read[field_id] = read_field(self.images, field_id)
+            except Exception as exc:
+                self.done[field_id] = exc
+        if not read:
+            return
+        try:
+            results = self.segmenter.segment_batch(list(read.values()))
+        except Exception:
+            # Find the field that breaks the batch: segment them one by one.
+            results = []
+            for field_id, image in list(read.items()):
+                try:
+                    results.append(self.segmenter.segment(image))
+                except Exception as exc:
+                    self.done[field_id] = exc
+                    del read[field_id]
+        for field_id, result in zip(read, results, strict=True):
+            self.done[field_id] = _encode(result, self.with_nuclei)
+
+
+@contextlib.contextmanager
+def _open_output(store: StoreLike | None) -> Iterator[Store | None]:
+    # Closing commits zip outputs, also after an error: finished masks are kept for resume.
+    if store is None:
+        yield None
+        return
+    out = store if isinstance(store, Store) else Store(store)
+    try:
+        yield out
+    finally:
+        out.close()
+
+
+def segment_set(
+    images: StoreLike,
+    out: StoreLike,
+    *,
+    method: str = "classical",
+    nuclei_out: StoreLike | None = None,
+    workers: int = 1,
+    shard: tuple[int, int] | str | None = None,
+    batch_size: int = 4,
+    overwrite: bool = False,
+    on_error: str = "stop",
+    progress: bool = True,
+    options: dict[str, Any] | None = None,
+) -> RunSummary:
+    """Write the cell mask ``OUT/<id>.png`` (uint16 PNG, any number of cells up to 65,535) of
+    every field in ``images``, and the nucleus masks to ``nuclei_out`` when given.
+
+    Parameters
+    ----------
+    images, out, nuclei_out : stores (folder, ``x.zip[/sub]`` or URL) or their locations
+    method : one of :data:`hpasc.segment.SEGMENTERS`
+    workers : processes: fields in parallel (classical, cellpose) or ``label_cell`` workers
+        (hpa-unet)
+    shard : ``(i, n)`` or ``"i/n"``: only the sorted ids ``i, i+n, ...``
+    batch_size : fields per network forward (hpa-unet)
+    overwrite : redo fields whose masks exist (default: skip them, i.e. resume)
+    on_error : ``"stop"`` or ``"skip"`` (failures logged to ``OUT/errors.csv``)
+    options : keyword arguments of the segmenter (e.g. ``working_size``, ``nuclei_model``)
+    """
+    if method not in SEGMENTERS:
+        raise InputError(f"unknown --method '{method}': choose one of {', '.join(SEGMENTERS)}")
+    if on_error not in ("stop", "skip"):
+        raise InputError(f"--on-error must be stop or skip, got '{on_error}'")
+    if workers < 1 or batch_size < 1:
+        raise InputError(f"--workers and --batch-size must be >= 1, got {workers}, {batch_size}")
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    source = images if isinstance(images, Store) else Store(images)
+    ids = list_field_ids(source)
+    if not ids:
+        raise InputError(f"no images (<id>_<channel>.png) found in {source.url}")
+    options = dict(options or {})
+    with_nuclei = nuclei_out is not None
+
+    with _open_output(out) as dest, _open_output(nuclei_out) as nuclei_dest:
+        skip = None if overwrite else _finished(dest, nuclei_dest)
+
+        def write(field_id: str, encoded: tuple[bytes, bytes | None]) -> None:
+            cells_png, nuclei_png = encoded
+            # Nuclei first: a cell mask on disk then means the field is complete.
+            if nuclei_dest is not None and nuclei_png is not None:
+                nuclei_dest.write_bytes(mask_name(field_id), nuclei_png)
+            dest.write_bytes(mask_name(field_id), cells_png)
+
+        common: dict[str, Any] = dict(
+            shard=shard,
+            skip=skip,
+            on_error=on_error,
+            errors_csv=dest,
+            desc=f"segment ({method})",
+            on_result=write,
+            progress=progress,
+        )
+        if not segmenter_class(method).batched:
+            fn = functools.partial(
+                _segment_one, source, method, tuple(sorted(options.items())), with_nuclei
+            )
+            return run_fields(ids, fn, workers=workers, **common)
+        pending = sorted(set(ids))
+        if shard is not None:
+            pending = shard_ids(pending, *shard)
+        if skip is not None:
+            pending = [i for i in pending if not skip(i)]
+        segmenter = get_segmenter(method, batch_size=batch_size, workers=workers, **options)
+        try:
+            fn = _BatchedFields(source, segmenter, pending, batch_size, with_nuclei)
+            return run_fields(ids, fn, workers=1, **common)
+        finally:
+            segmenter.close()
+
+
+def _finished(dest: Store, nuclei_dest: Store | None) -> Callable[[str], bool]:
+    """Resume: a field is done when its mask (and nucleus mask, if asked for) exists."""
+    present = set(dest.list())
+    nuclei_present = set(nuclei_dest.list()) if nuclei_dest is not None else None
+
+    def done(field_id: str) -> bool:
+        name = mask_name(field_id)
+        return name in present and (nuclei_present is None or name in nuclei_present)
+
+    return done
