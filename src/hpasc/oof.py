@@ -22,6 +22,10 @@ def _expected_fields(fold_path: Path) -> tuple[list[str], list[str]]:
     """(all training fields of the fold's config, this fold's validation fields)."""
     from hpasc.data.fields import load_field_table
     from hpasc.train.cam_config import load_image_level_config
+    from hpasc.train.cell_level import expected_fields, is_cell_level_run
+
+    if is_cell_level_run(fold_path):  # cell-level runs: the fields of their crop sets' labels
+        return expected_fields(fold_path)
 
     cfg = load_image_level_config(fold_path / runs.CONFIG_NAME)
     table = load_field_table(cfg.data, check_images=False)

@@ -1,0 +1,83 @@
+"""The cell-level classifier: a timm backbone on 8-plane cell crops, one logit vector per cell.
+
+Input: B×8×S×S crops (planes r,r,g,g,b,b,y,y: a fixed-scale window around the nucleus and the
+whole cell resized, for each stain) as floats in [0, 1]. Optional per-crop, per-plane
+InstanceNorm (no affine, no running statistics; on in the reference, which makes the input scale
+irrelevant), a timm backbone with ``in_chans=8`` and global pooling, then a linear head (with
+bias, as timm's own classifier) or the cosine head shared with the CAM model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpasc.classes import NUM_CLASSES
+from hpasc.models.heads import build_head
+
+HEADS = ("linear", "cosine")
+
+
+@dataclass
+class CellModelConfig:
+    """Network of a cell-level model.
+
+    ``arch`` is any timm model name (reference: ``resnest50d``). ``pretrained`` asks timm for
+    ImageNet weights (needs internet; timm adapts the stem to 8 planes). ``init_from`` is a
+    checkpoint whose weights start training (``{fold}`` is replaced by the fold index).
+    """
+
+    arch: str = "resnest50d"
+    pretrained: bool = False
+    init_from: str | None = None
+    instance_norm_input: bool = True
+    head: str = "linear"  # "linear" (with bias) or "cosine"
+    cosine_scale: float = 20.0
+    in_chans: int = 8
+    num_classes: int = NUM_CLASSES
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class CellClassifier(nn.Module):
+    """Optional InstanceNorm of the crop → timm backbone (pooled features) → class head."""
+
+    def __init__(self, cfg: CellModelConfig) -> None:
+        super().__init__()
+        import timm
+
+        if cfg.head not in HEADS:
+            raise ValueError(f"unknown cell-model head {cfg.head!r}; expected one of {HEADS}")
+        self.cfg = cfg
+        self.input_norm = (
+            nn.InstanceNorm2d(cfg.in_chans) if cfg.instance_norm_input else nn.Identity()
+        )
+        self.backbone = timm.create_model(
+            cfg.arch,
+            pretrained=cfg.pretrained,
+            num_classes=0,
+            in_chans=cfg.in_chans,
+            **cfg.backbone_kwargs,
+        )
+        features = self.backbone.num_features
+        if cfg.head == "linear":
+            self.head: nn.Module = nn.Linear(features, cfg.num_classes)
+        else:
+            self.head = build_head("cosine", features, cfg.num_classes, cfg.cosine_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, B×num_classes."""
+        return self.head(self.backbone(self.input_norm(x)))
+
+
+def build_cell_model(cfg: CellModelConfig, fold: int | None = None) -> CellClassifier:
+    """The network of ``cfg``, with ``init_from`` weights loaded when set."""
+    from hpasc.models.weights import load_weights
+
+    model = CellClassifier(cfg)
+    if cfg.init_from:
+        path = cfg.init_from.replace("{fold}", str(fold if fold is not None else 0))
+        load_weights(model, path)
+    return model

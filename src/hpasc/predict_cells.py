@@ -1,0 +1,173 @@
+"""Per-cell predictions of cell-level runs (classifiers of 8-plane cell crops).
+
+Every crop is scored by every given fold model, with D4 test-time augmentation by default: the
+batch is decoded once and its 8 dihedral copies are run in memory (the reference re-read the
+whole crop set for each pass); the probabilities (sigmoids) of all models and passes are
+averaged.
+
+Outputs, as for image-level runs (:mod:`hpasc.predict`): a cell table (:mod:`hpasc.cells`:
+``image_id, cell_id, p00…p18``) and an image-level table (``image_id, p00…p18``) whose rows are
+*every* predicted field — including fields without cells, which have no cell rows (the
+reference dropped them from its crop-model outputs and its ensembling then failed). A field's
+image-level probability is the maximum over its cells (a field shows a class when one of its
+cells does); 0 for a field without cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hpasc.classes import NUM_CLASSES
+from hpasc.data.augment import D4_SIZE, d4_transform
+from hpasc.errors import InputError
+from hpasc.predict import PredictOptions, _autocast, _device, make_image_table
+from hpasc.train import runs
+
+TTA_MODES = ("d4", "none")
+
+
+def load_cell_fold(
+    fold_path: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu"
+):
+    """The trained network of a cell-level fold folder in eval mode, and its config.
+
+    ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
+    """
+    from hpasc.models.cell import CellClassifier
+    from hpasc.models.weights import load_weights
+    from hpasc.train.cell_config import load_cell_level_config
+
+    fold_path = Path(fold_path)
+    cfg = load_cell_level_config(fold_path / runs.CONFIG_NAME)
+    # weights come from the checkpoint: no ImageNet download, no init_from file needed
+    model = CellClassifier(dataclasses.replace(cfg.model, pretrained=False, init_from=None))
+    load_weights(model, runs.resolve_checkpoint(fold_path, checkpoint or cfg.predict.checkpoint))
+    return model.to(device).eval(), cfg
+
+
+@torch.no_grad()
+def predict_crops(
+    models: Sequence[torch.nn.Module], crops: torch.Tensor, tta: str = "d4"
+) -> torch.Tensor:
+    """Mean over models and TTA passes of the sigmoid of the logits: B×19 probabilities.
+
+    ``crops`` B×8×S×S, uint8 or floats in [0, 1].
+    """
+    from hpasc.train.cell_module import crops_to_input
+
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    x = crops_to_input(crops)
+    passes = range(D4_SIZE) if tta == "d4" else range(1)
+    total = None
+    for model in models:
+        for k in passes:
+            with _autocast(x.device):
+                p = torch.sigmoid(model(d4_transform(x, k)).float())
+            total = p if total is None else total + p
+    return total / (len(models) * len(passes))
+
+
+def image_probabilities(cell_set, rows: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(n_fields, 19): per field of ``cell_set``, the maximum over its predicted cells (0 if none)."""
+    out = np.zeros((cell_set.n_fields, NUM_CLASSES), np.float32)
+    if len(rows):
+        np.maximum.at(out, cell_set.cell_field()[rows], probs)
+    return out
+
+
+def predict_cell_set(
+    models: Sequence[torch.nn.Module],
+    cell_set,
+    tta: str = "d4",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cell table and image-level table of every cell and field of a :class:`CellSet`."""
+    from tqdm import tqdm
+
+    from hpasc.cells import make_table
+    from hpasc.data.crops import CropStream, stream_loader
+
+    device = torch.device(device)
+    stream = CropStream(cell_set, batch_size, train=False, num_workers=num_workers)
+    rows, probs = [], []
+    for crops, _, row in tqdm(
+        stream_loader(stream, device.type == "cuda"),
+        desc="predict",
+        unit="batch",
+        disable=not progress,
+    ):
+        keep = row >= 0  # padding
+        p = predict_crops(models, crops[keep].to(device, non_blocking=True), tta)
+        rows.append(row[keep].numpy())
+        probs.append(p.cpu().numpy())
+    rows_ = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    probs_ = np.concatenate(probs) if probs else np.zeros((0, NUM_CLASSES), np.float32)
+    order = np.argsort(rows_, kind="stable")  # field order, then the record's cell order
+    rows_, probs_ = rows_[order], probs_[order]
+    keys = cell_set.keys(rows_)
+    cells = make_table(keys["image_id"].to_numpy(), keys["cell_id"].to_numpy(), probs_)
+    images = make_image_table(cell_set.image_ids, image_probabilities(cell_set, rows_, probs_))
+    return cells, images
+
+
+def predict_cell_valid(
+    fold_path: str | Path, options: PredictOptions = PredictOptions(), crops: str | None = None
+):
+    """Predict the validation cells of one fold with its own model (out-of-fold predictions).
+
+    The fields and crop sets come from the fold's config; ``crops`` replaces the crop set (e.g.
+    crops cut at another resolution; configs with one source only).
+    """
+    from hpasc.data.crops import load_sources
+
+    fold_path = Path(fold_path)
+    device = _device(options.device)
+    model, cfg = load_cell_fold(fold_path, options.checkpoint, device)
+    cell_set = load_sources(
+        cfg.data,
+        runs.fold_of(fold_path),
+        "valid",
+        soft=False,
+        crops=crops,
+        progress=options.progress,
+    )
+    return predict_cell_set(
+        [model], cell_set, options.tta or cfg.predict.tta, options.batch_size or cfg.predict.batch_size,
+        options.num_workers, device, options.progress,
+    )  # fmt: skip
+
+
+def predict_cell_fields(
+    fold_paths: Sequence[str | Path],
+    crops: str,
+    options: PredictOptions = PredictOptions(),
+    ids: Sequence[str] | None = None,
+):
+    """Predict every field of the crop set ``crops`` (or ``ids``) with the mean of the fold models."""
+    from hpasc.data.crops import build_cell_set
+    from hpasc.io.store import Store
+    from hpasc.prepare import list_crop_ids
+
+    if not fold_paths:
+        raise InputError("no fold folders to predict with")
+    device = _device(options.device)
+    loaded = [load_cell_fold(p, options.checkpoint, device) for p in fold_paths]
+    cfg = loaded[0][1]
+    ids = list(ids) if ids is not None else list_crop_ids(Store(crops))
+    if not ids:
+        raise InputError(f"no crop records (<id>.npz) in {crops}; make them with `hpasc crop`")
+    cell_set = build_cell_set(crops, ids, progress=options.progress)
+    return predict_cell_set(
+        [m for m, _ in loaded], cell_set, options.tta or cfg.predict.tta, options.batch_size or cfg.predict.batch_size,
+        options.num_workers, device, options.progress,
+    )  # fmt: skip

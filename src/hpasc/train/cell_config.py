@@ -1,0 +1,111 @@
+"""Configuration schema of cell-level models (classifiers of 8-plane cell crops).
+
+Every field of the reference's crop-model config (method spec §5.1) that changes behaviour has
+a place here; the mapping is in ``docs/cell-level.md``. Paths of data sources are relative to
+``data.root`` (set it on the command line: ``data.root=/data/hpa``); URLs and absolute paths are
+used as given. Optimiser, schedule and trainer sections are the ones of the image-level models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpasc.data.crops import CropSourceConfig
+from hpasc.errors import ConfigError
+from hpasc.models.cell import HEADS, CellModelConfig
+from hpasc.models.losses import OBJECTIVES
+from hpasc.train.optim import OptimConfig
+from hpasc.train.trainer import TrainerConfig
+
+
+@dataclass
+class CellDataConfig:
+    root: str = "."
+    sources: list[CropSourceConfig] = field(default_factory=list)
+    n_folds: int = 5
+    fold_seed: int = 0
+    batch_size: int = 128
+    valid_batch_size: int | None = None  # default 2 × batch_size
+    num_workers: int = 4
+    shuffle_buffer: int = 2048  # cells held per worker for shuffling (memory: × 8·S² bytes)
+
+
+@dataclass
+class CellLossConfig:
+    objective: str = "bce"  # "bce" (reference) or "focal"; both take soft targets
+    focal_gamma: float = 2.0  # also the γ of the validation focal metric
+    exclude_hardest: float = 0.0  # leave out this fraction of each batch with the largest loss
+
+
+@dataclass
+class CellAugmentConfig:
+    """Batch augmentations of the training step (on the device)."""
+
+    d4: bool = True  # one random element of D4 (rotations/flips) per batch
+    cutmix_p: float = 1.0  # probability of CutMix per batch
+    cutmix_alpha: float = 1.0  # λ ~ Beta(α, α) sizes the box; the loss uses the clipped box's λ
+
+
+@dataclass
+class CellPredictConfig:
+    tta: str = "d4"  # "d4" (8 passes, mean of probabilities) or "none"
+    batch_size: int = 256
+    checkpoint: str = "last"  # "last", "best" or a path
+    after_fit: bool = True  # predict this fold's validation fields when training ends
+
+
+@dataclass
+class CellValidationConfig:
+    cell_metric: bool = True  # competition metric on cells when sources give a solution
+
+
+@dataclass
+class CellLevelConfig:
+    name: str = ""
+    model: CellModelConfig = field(default_factory=CellModelConfig)
+    data: CellDataConfig = field(default_factory=CellDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: CellLossConfig = field(default_factory=CellLossConfig)
+    augment: CellAugmentConfig = field(default_factory=CellAugmentConfig)
+    predict: CellPredictConfig = field(default_factory=CellPredictConfig)
+    validation: CellValidationConfig = field(default_factory=CellValidationConfig)
+
+
+def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def validate(cfg: CellLevelConfig) -> CellLevelConfig:
+    """Check values the schema types cannot express; raise :class:`ConfigError` naming the key."""
+    _choice(cfg.loss.objective, OBJECTIVES, "loss.objective")
+    _choice(cfg.model.head, HEADS, "model.head")
+    _choice(cfg.predict.tta, ("d4", "none"), "predict.tta")
+    if not 0.0 <= cfg.loss.exclude_hardest < 1.0:
+        raise ConfigError(f"loss.exclude_hardest: {cfg.loss.exclude_hardest} must be in [0, 1)")
+    if not 0.0 <= cfg.augment.cutmix_p <= 1.0:
+        raise ConfigError(f"augment.cutmix_p: {cfg.augment.cutmix_p} must be in [0, 1]")
+    if cfg.data.n_folds < 2:
+        raise ConfigError(f"data.n_folds: {cfg.data.n_folds} must be at least 2")
+    if cfg.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} must be at least 1")
+    for i, src in enumerate(cfg.data.sources):
+        for key in ("crops", "labels"):
+            if not getattr(src, key):
+                raise ConfigError(
+                    f"data.sources[{i}].{key} is required (a path relative to data.root)"
+                )
+        if src.solution and not src.masks:
+            raise ConfigError(
+                f"data.sources[{i}].solution needs masks (the masks the crops were cut from)"
+            )
+    return cfg
+
+
+def load_cell_level_config(path: str | Path | None, overrides: list[str] = ()) -> CellLevelConfig:
+    """Read and check a cell-level config (YAML + ``a.b=value`` overrides)."""
+    from hpasc.config import load_config
+
+    return validate(load_config(CellLevelConfig, path, list(overrides)))

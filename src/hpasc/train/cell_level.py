@@ -1,0 +1,172 @@
+"""Train a cell-level model (cell-crop classifier) on one fold (or all folds) of a config.
+
+:func:`train_fold` lists the cells (training fields of the other folds with their soft or
+broadcast labels, validation fields of this fold with image labels), builds the crop streams,
+the module and the shared Trainer, fits, and — by default — predicts the fold's validation
+cells into ``valid_cells.parquet`` / ``valid_images.parquet`` (what ``hpasc oof`` joins).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+
+from hpasc.errors import ConfigError
+from hpasc.train import runs
+from hpasc.train.cell_config import CellLevelConfig
+
+log = logging.getLogger("hpasc.train")
+
+
+class StreamPlacement(L.Callback):
+    """Tell crop streams this process's DDP rank and the world size before data is requested.
+
+    The streams split fields between ranks themselves (Lightning adds no sampler to an
+    iterable dataset); the train stream also learns the epoch (its shuffle depends on it).
+    """
+
+    def __init__(self, train_stream, valid_stream=None) -> None:
+        self.streams = [s for s in (train_stream, valid_stream) if s is not None]
+        self.train_stream = train_stream
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        for s in self.streams:
+            s.rank, s.world_size = trainer.global_rank, trainer.world_size
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.train_stream.set_epoch(trainer.current_epoch)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.train_stream.set_epoch(trainer.current_epoch)
+
+
+def _cell_metric(cfg: CellLevelConfig, fold: int):
+    """The competition-metric hook when every source with validation fields has a solution."""
+    import pandas as pd
+
+    from hpasc.data.crops import source_fields
+    from hpasc.io.store import Store
+    from hpasc.train.cam_config import resolve_path
+    from hpasc.train.cell_metric import CellMetric, read_solution
+
+    if not cfg.validation.cell_metric:
+        return None
+    fields, solutions = [], []
+    for part in source_fields(cfg.data):
+        keep = part.select(fold, "valid")
+        if not keep.any():
+            continue
+        src = part.source
+        if not src.solution:
+            return None
+        masks = Store(resolve_path(cfg.data.root, src.masks))
+        fields += [(f, masks) for f, k in zip(part.ids, keep, strict=True) if k]
+        solutions.append(read_solution(resolve_path(cfg.data.root, src.solution)))
+    if not fields:
+        return None
+    return CellMetric(fields, pd.concat(solutions, ignore_index=True))
+
+
+def train_fold(
+    cfg: CellLevelConfig,
+    fold: int,
+    run_dir: str | Path,
+    resume: bool = False,
+    fold_path: str | Path | None = None,
+    callbacks: list | None = None,
+) -> Path:
+    """Train ``fold`` of ``cfg`` into ``run_dir/fold-<fold>`` (or ``fold_path``); returns that folder.
+
+    ``resume`` continues from ``checkpoints/last.ckpt`` when it exists (a fresh start otherwise);
+    without it, a fold folder that already holds a checkpoint is an :class:`OutputError`.
+    ``callbacks``: extra Lightning callbacks (early stopping, profiling, …).
+    """
+    import torch
+
+    from hpasc.config import dump_config
+    from hpasc.data.crops import CropStream, load_sources, stream_loader
+    from hpasc.train.cell_module import CellLevelModule
+    from hpasc.train.fitting import open_fold, predict_after_fit
+    from hpasc.train.image_level import absolute_data_root
+    from hpasc.train.trainer import build_trainer, seed_everything
+
+    cfg = absolute_data_root(cfg)
+    out, ckpt = open_fold(run_dir, fold, resume, fold_path)
+
+    seed_everything(cfg.trainer.seed + fold)
+    d = cfg.data
+    train_cells = load_sources(d, fold, "train", soft=True)
+    valid_cells = load_sources(d, fold, "valid", soft=False)
+    if train_cells.n_cells < d.batch_size:
+        raise ConfigError(
+            f"fold {fold} has {train_cells.n_cells} training cells, fewer than one batch (data.batch_size={d.batch_size})"
+        )
+    train_stream = CropStream(
+        train_cells, d.batch_size, train=True, seed=cfg.trainer.seed + 1000 * fold,
+        buffer_size=d.shuffle_buffer, num_workers=d.num_workers,
+    )  # fmt: skip
+    valid_stream = CropStream(
+        valid_cells, d.valid_batch_size or 2 * d.batch_size, num_workers=d.num_workers
+    )
+    pin = torch.cuda.is_available()
+    valid_loader = stream_loader(valid_stream, pin) if valid_cells.n_cells else None
+
+    module = CellLevelModule(cfg, fold, _cell_metric(cfg, fold), valid_cells.keys())
+    callbacks = [StreamPlacement(train_stream, valid_stream), *(callbacks or [])]
+    trainer = build_trainer(
+        cfg.trainer, out, name=f"{cfg.name or 'cell-level'}/fold-{fold}", callbacks=callbacks
+    )
+    if trainer.is_global_zero:
+        dump_config(cfg, out / runs.CONFIG_NAME)
+    log.info(
+        "fold %d: %d training cells (%d fields), %d validation cells -> %s",
+        fold, train_cells.n_cells, train_cells.n_fields, valid_cells.n_cells, out,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        # Lightning warns that an iterable dataset's length may be wrong with several workers;
+        # CropStream plans every worker's share, so its length is exact
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+        trainer.fit(module, stream_loader(train_stream, pin), valid_loader, ckpt_path=ckpt)
+
+    predict_after_fit(trainer, cfg, out, predict_fold_valid)
+    return out
+
+
+def predict_fold_valid(
+    fold_path: str | Path, device: str = "auto", progress: bool = True
+) -> tuple[Path, Path]:
+    """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold."""
+    from hpasc.predict import PredictOptions, write_predictions
+    from hpasc.predict_cells import predict_cell_valid
+
+    fold_path = Path(fold_path)
+    cells, images = predict_cell_valid(fold_path, PredictOptions(device=device, progress=progress))
+    return write_predictions(
+        cells, images, fold_path / runs.VALID_CELLS, fold_path / runs.VALID_IMAGES
+    )
+
+
+def expected_fields(fold_path: str | Path) -> tuple[list[str], list[str]]:
+    """(all training fields of a cell-level fold's config, this fold's validation fields)."""
+    from hpasc.data.crops import source_fields
+    from hpasc.train.cell_config import load_cell_level_config
+
+    fold_path = Path(fold_path)
+    cfg = load_cell_level_config(fold_path / runs.CONFIG_NAME)
+    fold = runs.fold_of(fold_path)
+    parts = source_fields(cfg.data)
+    every = [f for p in parts for f in p.ids]
+    valid = [f for p in parts for f, k in zip(p.ids, p.select(fold, "valid"), strict=True) if k]
+    return every, valid
+
+
+def is_cell_level_run(fold_path: str | Path) -> bool:
+    """Whether a fold folder holds a cell-level model (its config's sources name crop sets)."""
+    import yaml
+
+    data = yaml.safe_load((Path(fold_path) / runs.CONFIG_NAME).read_text()) or {}
+    sources = (data.get("data") or {}).get("sources") or []
+    return bool(sources) and all(isinstance(s, dict) and "crops" in s for s in sources)
