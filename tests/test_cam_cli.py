@@ -126,3 +126,15 @@ def test_train_predict_oof_from_the_cli(cli, tmp_path):
         join_oof([run / "fold-0"])
     with pytest.raises(InputError, match="more than one fold"):
         join_oof([run, run / "fold-1"])
+
+
+def test_sources_are_overridden_by_index():
+    cfg = load_image_level_config(
+        ROOT / "configs/image-level/b2-768.yaml",
+        ["data.sources.0.pseudo_labels=a.parquet", "data.sources.1.pseudo_labels=a.parquet"],
+    )
+    assert [s.pseudo_labels for s in cfg.data.sources] == ["a.parquet", "a.parquet"]
+    with pytest.raises(ConfigError, match="pseudo_labels on every source"):
+        load_image_level_config(
+            ROOT / "configs/image-level/b2-768.yaml", ["data.sources.0.pseudo_labels=a.parquet"]
+        )

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hpasc.errors import OutputError
 from hpasc.train import runs
 from hpasc.train.cam_config import ImageLevelConfig, resolve_path
 
@@ -115,16 +114,11 @@ def train_fold(
     from hpasc.data.fields import FieldDataset, load_field_table
     from hpasc.train.callbacks import DatasetEpoch
     from hpasc.train.cam_module import CAMConsistencyModule
+    from hpasc.train.fitting import open_fold, predict_after_fit
     from hpasc.train.trainer import build_trainer, seed_everything
 
     cfg = absolute_data_root(cfg)
-    out = Path(fold_path) if fold_path is not None else runs.fold_dir(run_dir, fold)
-    last = runs.last_checkpoint(out)
-    if last.exists() and not resume:
-        raise OutputError(
-            f"{out} already holds a trained model ({last}); pass --resume to continue it or choose another --run-dir"
-        )
-    ckpt = str(last) if resume and last.exists() else None
+    out, ckpt = open_fold(run_dir, fold, resume, fold_path)
 
     seed_everything(cfg.trainer.seed + fold)
     table = load_field_table(cfg.data)
@@ -161,12 +155,7 @@ def train_fold(
     )
     trainer.fit(module, train_loader, valid_loader if len(valid_ds) else None, ckpt_path=ckpt)
 
-    if cfg.predict.after_fit:
-        if trainer.is_global_zero:
-            predict_fold_valid(
-                out, device="cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
-            )
-        trainer.strategy.barrier("valid-predictions")
+    predict_after_fit(trainer, cfg, out, predict_fold_valid)
     return out
 
 
