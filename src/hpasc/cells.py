@@ -208,7 +208,10 @@ def broadcast_image_table(cells: pd.DataFrame, images: pd.DataFrame) -> pd.DataF
     """
     missing = sorted(set(cells["image_id"]) - set(images["image_id"]))
     if missing:
-        raise InputError(f"image-level table lacks {len(missing)} field(s) of the cell table, e.g. {missing[:3]}")
-    merged = cells[KEY_COLUMNS].merge(images[["image_id", *PROB_COLUMNS]], on="image_id", how="left",
-                                      validate="many_to_one")
+        raise InputError(
+            f"image-level table lacks {len(missing)} field(s) of the cell table, e.g. {missing[:3]}"
+        )
+    merged = cells[KEY_COLUMNS].merge(
+        images[["image_id", *PROB_COLUMNS]], on="image_id", how="left", validate="many_to_one"
+    )
     return merged[[*KEY_COLUMNS, *PROB_COLUMNS]].reset_index(drop=True)

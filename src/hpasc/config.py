@@ -75,7 +75,9 @@ def _resolve_path(schema: type, dotted: str) -> None:
         tp = types[part]
         if _is_list(tp) and i + 1 < len(parts):
             if not parts[i + 1].isdigit():
-                raise ConfigError(f"config key '{'.'.join(parts[: i + 2])}': '{part}' is a list, index it by number")
+                raise ConfigError(
+                    f"config key '{'.'.join(parts[: i + 2])}': '{part}' is a list, index it by number"
+                )
             i += 1  # the index; OmegaConf checks it is in range
         sub = _dataclass_of(tp)
         if sub is None and i < len(parts) - 1:

@@ -375,8 +375,12 @@ def broadcast_step(p: dict[str, Any], ctx: TaskContext) -> None:
     from hpasc.cells import broadcast_image_table, read_table, write_table
 
     p = _take(p, ctx, ("cells", "images"), {})
-    cells = read_table(Path(p["cells"]) / "cells.parquet" if Path(p["cells"]).is_dir() else p["cells"])
-    images = pd.read_parquet(Path(p["images"]) / "images.parquet" if Path(p["images"]).is_dir() else p["images"])
+    cells = read_table(
+        Path(p["cells"]) / "cells.parquet" if Path(p["cells"]).is_dir() else p["cells"]
+    )
+    images = pd.read_parquet(
+        Path(p["images"]) / "images.parquet" if Path(p["images"]).is_dir() else p["images"]
+    )
     write_table(broadcast_image_table(cells, images), ctx.out / "cells.parquet")
 
 
@@ -388,7 +392,12 @@ def report_step(p: dict[str, Any], ctx: TaskContext) -> None:
 
     from hpasc.report import MANIFEST, build_report
 
-    p = _take(p, ctx, ("images", "masks", "cells"), {"image_level": None, "metric": None, "runs": [], "title": ""})
+    p = _take(
+        p,
+        ctx,
+        ("images", "masks", "cells"),
+        {"image_level": None, "metric": None, "runs": [], "title": ""},
+    )
 
     def table(path: str | None, name: str) -> str | None:
         if not path:
@@ -397,8 +406,14 @@ def report_step(p: dict[str, Any], ctx: TaskContext) -> None:
         shutil.copyfile(src, ctx.out / name)
         return name
 
-    manifest = {"title": p["title"] or ctx.step, "images": p["images"], "masks": p["masks"],
-                "cells": table(p["cells"], "cells.parquet"), "image_level": table(p["image_level"], "images.parquet"),
-                "metric": table(p["metric"], "metric.json"), "runs": _list(p["runs"])}
+    manifest = {
+        "title": p["title"] or ctx.step,
+        "images": p["images"],
+        "masks": p["masks"],
+        "cells": table(p["cells"], "cells.parquet"),
+        "image_level": table(p["image_level"], "images.parquet"),
+        "metric": table(p["metric"], "metric.json"),
+        "runs": _list(p["runs"]),
+    }
     (ctx.out / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if v}, indent=1))
     build_report(ctx.out, ctx.out / "report.html")

@@ -1,0 +1,71 @@
+"""`hpasc demo`: the whole method end to end on synthetic fields, on a CPU, in minutes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def demo(
+    out: Path = typer.Option(
+        Path("out/demo"), "--out", "-o", help="Work folder for every output of the demo."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Start again from scratch (otherwise finished steps are kept)."
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show the training frameworks' own messages."
+    ),
+) -> None:
+    """Run the demo: synthesise fields, segment, crop, train CAM + cell models, ensemble, submit, score, report."""
+    import json
+    import logging
+    import shutil
+    import time
+    import warnings
+
+    from hpasc.config import config_search_path
+    from hpasc.recipe import load_recipe, run_recipe
+
+    if not verbose:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore")
+    recipe = next(
+        (
+            d / "recipes" / "demo.yaml"
+            for d in config_search_path()
+            if (d / "recipes/demo.yaml").is_file()
+        ),
+        None,
+    )
+    if recipe is None:
+        from hpasc.errors import InputError
+
+        raise InputError(
+            "the demo recipe recipes/demo.yaml is missing from hpasc's configs; reinstall hpasc"
+        )
+    if force and out.exists():
+        shutil.rmtree(out)
+    start = time.time()
+    r = load_recipe(recipe, data=out, work=out)
+    typer.echo(
+        f"hpasc demo: {len(r.tasks())} tasks, outputs in {out} (re-running skips finished steps)"
+    )
+    run_recipe(r, echo=typer.echo)
+    metric = json.loads((out / "metric" / "metric.json").read_text())
+    base = metric.get("baseline", {})
+    typer.echo("")
+    typer.echo("competition metric on held-out synthetic fields (mAP, IoU >= 0.6):")
+    typer.echo(f"  hpasc (CAM + cell model ensemble, per cell) : {metric['mAP']:.4f}")
+    if base:
+        typer.echo(f"  baseline ({base['name']}) : {base['mAP']:.4f}")
+    typer.echo(
+        f"report: {out / 'report' / 'report.html'}   submission: {out / 'submission' / 'submission.csv'}"
+    )
+    typer.echo(f"done in {time.time() - start:.0f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
