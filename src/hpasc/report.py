@@ -19,7 +19,7 @@ import pandas as pd
 
 from hpasc.classes import CLASS_NAMES, NUM_CLASSES
 from hpasc.errors import InputError
-from hpasc.viz import class_colours
+from hpasc.viz import class_colours, top_class
 
 MANIFEST = "manifest.json"
 _PROB = [f"p{i:02d}" for i in range(NUM_CLASSES)]
@@ -185,8 +185,10 @@ def _overlays(manifest: dict[str, Any], base: Path, cells: pd.DataFrame, max_fie
             img = imio.read_field(Store(manifest["images"]), fid)
             mask = imio.read_mask(Store(manifest["masks"]), fid)
             sub = cells[cells["image_id"] == fid]
-            probs = dict(zip(sub["cell_id"].astype(int), sub[_PROB].to_numpy(), strict=True))
-            png = png_bytes(field_overlay(img, mask, probs, max_side=384))
+            classes = dict(
+                zip(sub["cell_id"].astype(int), sub["shown_class"].astype(int), strict=True)
+            )
+            png = png_bytes(field_overlay(img, mask, classes, max_side=384))
         else:
             continue
         n = int((cells["image_id"] == fid).sum())
@@ -230,15 +232,16 @@ def build_report(
     if manifest.get("cells") and (src / manifest["cells"]).is_file():
         cells = pd.read_parquet(src / manifest["cells"])
         n_fields = cells["image_id"].nunique()
-        top = cells[_PROB].to_numpy().argmax(axis=1)
+        top = top_class(cells[_PROB].to_numpy())
+        cells = cells.assign(shown_class=top)
         counts = np.bincount(top, minlength=NUM_CLASSES)
         summary = ", ".join(f"{CLASS_NAMES[k]}: {c}" for k, c in enumerate(counts) if c)
         sections.append(
-            f"<p>{len(cells)} cells in {n_fields} fields. Top class per cell — {html.escape(summary)}.</p>"
+            f"<p>{len(cells)} cells in {n_fields} fields. Cells per shown class — {html.escape(summary)}.</p>"
         )
         sections.append(
             "<h2>What the model saw</h2><p>Channels: red = microtubules, green = protein, blue = nucleus, "
-            "yellow (added to red and green) = ER. Cell outlines are coloured by each cell's most probable class.</p>"
+            "yellow (added to red and green) = ER. Each cell's outline has the colour of the class in which it ranks highest among all cells here (per-class percentile of its probability — the metric ranks cells per class).</p>"
             f"<div>{_legend()}</div><div>{_overlays(manifest, src, cells, max_fields)}</div>"
         )
     metric_file = src / manifest.get("metric", "metric.json")

@@ -88,15 +88,30 @@ def legend_strip(width: int, classes: list[int], height: int = 22) -> np.ndarray
     return strip
 
 
+def top_class(probs: np.ndarray) -> np.ndarray:
+    """Class shown for each cell (rows of ``probs``, all cells of a table): the class in which the
+    cell ranks highest among all cells (per-class percentile of its probability).
+
+    The metric ranks cells per class, and models trained on weak labels are rarely calibrated: a
+    plain argmax paints most cells with the most frequent class (Negative).
+    """
+    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    if len(p) == 0:
+        return np.zeros(0, dtype=np.int64)
+    ranks = p.argsort(axis=0, kind="stable").argsort(axis=0, kind="stable") / max(len(p) - 1, 1)
+    return (ranks + 1e-9 * p).argmax(axis=1)  # ties (e.g. one cell): the higher probability wins
+
+
 def field_overlay(
     image_hw4: np.ndarray,
     mask: np.ndarray,
-    probs: dict[int, np.ndarray],
+    cell_class: dict[int, int],
     max_side: int = 768,
     legend: bool = True,
 ) -> np.ndarray:
-    """Composite with outlines coloured by each cell's top class, down-scaled to ``max_side``."""
-    top = {cid: int(np.argmax(p)) for cid, p in probs.items()}
+    """Composite with outlines coloured by class (cell id -> class, e.g. from :func:`top_class`),
+    down-scaled to ``max_side``, with a legend strip of the classes shown."""
+    top = cell_class
     scale = min(1.0, max_side / max(mask.shape))
     rgb = composite(image_hw4)
     if scale < 1.0:
