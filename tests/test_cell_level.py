@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
@@ -272,6 +273,55 @@ def test_train_predict_oof_cli_on_synthetic_crops(tmp_path, cli):
 
     r = cli("train", "cell-level", config, *over, "--run-dir", run, "--fold", "0")
     assert r.returncode != 0 and "--resume" in r.stderr
+
+
+class _Kill(L.Callback):
+    """Dies as epoch 1 starts, after epoch 0's checkpoint was written."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("killed in epoch 1")
+
+
+class _Epochs(L.Callback):
+    """Records the shuffle epoch the training stream had when each epoch began."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            stream = trainer.train_dataloader.dataset
+            self.seen.append((trainer.current_epoch, stream.epoch))
+
+
+@pytest.mark.slow
+def test_resume_continues_from_last_checkpoint(tmp_path):
+    from hpasc.errors import OutputError
+    from hpasc.train.cell_config import load_cell_level_config
+    from hpasc.train.cell_level import train_fold
+
+    _crop_set(tmp_path, n_fields=16)
+    over = [
+        f"data.root={tmp_path}",
+        "trainer.max_epochs=2",
+        "data.batch_size=4",
+        "predict.after_fit=false",
+    ]
+    cfg = load_cell_level_config(CONFIGS / "tiny.yaml", [*over, "trainer.monitor=null"])
+    cfg.data.sources = [CropSourceConfig(crops="crops", labels="train.csv")]
+    with pytest.raises(RuntimeError, match="killed"):
+        train_fold(cfg, 0, tmp_path / "run", callbacks=[_Kill()])
+    last = tmp_path / "run" / "fold-0" / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=False)
+    assert first["epoch"] == 0
+    with pytest.raises(OutputError, match="--resume"):
+        train_fold(cfg, 0, tmp_path / "run")
+    epochs = _Epochs()
+    train_fold(cfg, 0, tmp_path / "run", resume=True, callbacks=[epochs])
+    second = torch.load(last, weights_only=False)
+    assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"] > 0
+    assert epochs.seen == [(1, 1)]  # the resumed epoch reads the fields in epoch 1's order
 
 
 @pytest.mark.slow
