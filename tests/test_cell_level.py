@@ -295,7 +295,6 @@ class _Epochs(L.Callback):
             self.seen.append((trainer.current_epoch, stream.epoch))
 
 
-@pytest.mark.slow
 def test_resume_continues_from_last_checkpoint(tmp_path):
     from hpasc.errors import OutputError
     from hpasc.train.cell_config import load_cell_level_config
