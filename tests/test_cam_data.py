@@ -121,3 +121,20 @@ def test_labelled_fields_without_images_are_named(data, tmp_path):
     cfg.data.sources[0].labels = str(tmp_path / "train.csv")
     with pytest.raises(InputError, match="ghost-field"):
         load_field_table(cfg.data)
+
+
+def test_heavy_pixel_augmentation_changes_only_the_heavy_view(data):
+    cfg = tiny_config(data, "data.heavy_pixel_aug=[{type: GaussNoise, p: 1.0}]", "data.hflip_p=0")
+    table = load_field_table(cfg.data)
+    item = FieldDataset(table, [0], cfg.data, "train")[0]
+    plain = FieldDataset(table, [0], tiny_config(data, "data.hflip_p=0").data, "train")[0]
+    assert np.array_equal(item["image"], plain["image"])
+    assert not np.array_equal(item["heavy"], item["image"])
+
+
+def test_bad_augmentation_spec_is_a_config_error(data):
+    from hpasc.errors import ConfigError
+
+    cfg = tiny_config(data, "data.heavy_pixel_aug=[{type: NoSuchTransform}]")
+    with pytest.raises(ConfigError, match="NoSuchTransform"):
+        FieldDataset(load_field_table(cfg.data), [0], cfg.data, "train")

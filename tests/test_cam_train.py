@@ -77,6 +77,9 @@ def test_training_step_losses_fall_on_a_fixed_batch(data):
             "model.head=cosine",
         ],
         ["consistency.criterion=l2", "consistency.alpha_ramp=0.5"],
+        [
+            "data.heavy_pixel_aug=[{type: GaussNoise, p: 1.0}, {type: RandomBrightnessContrast, p: 1.0}]"
+        ],
     ],
 )
 def test_training_step_options_give_finite_losses(data, options):
@@ -191,6 +194,7 @@ def test_resume_continues_from_last_checkpoint(data, tmp_path):
     assert sorted(logs["epoch"].dropna().unique().tolist()) == [0, 1]
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_two_processes(data, tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(
@@ -247,3 +251,16 @@ def test_init_from_loads_the_same_folds_checkpoint(data, tmp_path):
     wrong = dataclasses.replace(init, head="cosine")
     with pytest.raises(InputError, match="does not fit"):
         build_cam_model(wrong, fold=1)
+
+
+def test_same_seed_same_predictions(data, tmp_path):
+    from hpasc.train.image_level import train_fold
+
+    opts = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "predict.tta=none"]
+    tables = []
+    for name in ("a", "b"):
+        out = train_fold(tiny_config(data, *opts, "augment.drop_cell_p=0.5"), 1, tmp_path / name)
+        tables.append(pd.read_parquet(out / "valid_cells.parquet"))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    other = train_fold(tiny_config(data, *opts, "trainer.seed=1"), 1, tmp_path / "c")
+    assert not tables[0].equals(pd.read_parquet(other / "valid_cells.parquet"))

@@ -177,3 +177,40 @@ def test_lr_schedule_matches_reference_numbers():
         opt.step()
         sched.step()
     np.testing.assert_allclose(seen, lrs[:6], rtol=1e-9)
+
+
+def test_trainer_factory_resolves_devices_precision_and_loggers(tmp_path, monkeypatch):
+    import importlib.util
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from hpasc.errors import ConfigError
+    from hpasc.train.trainer import (
+        TrainerConfig,
+        build_loggers,
+        build_trainer,
+        resolve_precision,
+        resolve_strategy,
+    )
+
+    assert resolve_precision(TrainerConfig(accelerator="cpu")) == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision(TrainerConfig(accelerator="gpu")) == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision(TrainerConfig(accelerator="cuda")) == "16-mixed"
+    assert resolve_precision(TrainerConfig(precision="16-mixed")) == "16-mixed"
+    assert isinstance(resolve_strategy(TrainerConfig(devices="2")), DDPStrategy)
+    assert isinstance(resolve_strategy(TrainerConfig(devices="0,1")), DDPStrategy)
+    assert isinstance(resolve_strategy(TrainerConfig(devices="1", num_nodes=2)), DDPStrategy)
+    assert resolve_strategy(TrainerConfig(devices="1")) == "auto"
+    with pytest.raises(ConfigError, match="trainer.devices"):
+        resolve_strategy(TrainerConfig(devices="many"))
+    with pytest.raises(ConfigError, match="unknown logger"):
+        build_loggers(TrainerConfig(loggers=["csv", "neptune"]), tmp_path)
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(ConfigError, match="pip install wandb"):
+            build_loggers(TrainerConfig(loggers=["wandb"]), tmp_path)
+    trainer = build_trainer(TrainerConfig(accelerator="cpu", max_epochs=3), tmp_path / "fold-0")
+    assert trainer.max_epochs == 3 and len(trainer.loggers) == 2
+    names = {type(c).__name__ for c in trainer.callbacks}
+    assert {"ModelCheckpoint", "LearningRateMonitor"} <= names

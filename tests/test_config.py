@@ -91,3 +91,25 @@ def test_dump_roundtrip(tmp_path):
 def test_missing_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config(Cfg, "nope.yaml")
+
+
+@dataclass
+class Source:
+    images: str = ""
+    masks: str = ""
+
+
+@dataclass
+class WithList:
+    sources: list[Source] = field(default_factory=lambda: [Source("a", "b")])
+
+
+def test_override_inside_list():
+    cfg = load_config(WithList, None, ["sources.0.masks=/x/y"])
+    assert cfg.sources[0].masks == "/x/y" and cfg.sources[0].images == "a"
+    with pytest.raises(ConfigError, match="did you mean 'masks'"):
+        load_config(WithList, None, ["sources.0.mask=/x"])
+    with pytest.raises(ConfigError, match="index it by number"):
+        load_config(WithList, None, ["sources.masks=/x"])
+    with pytest.raises(ConfigError):
+        load_config(WithList, None, ["sources.3.masks=/x"])

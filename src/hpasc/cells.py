@@ -199,3 +199,16 @@ def average_tables(
     mean = np.clip(sums[PROB_COLUMNS].to_numpy() / total[:, None], 0.0, 1.0)  # rounding
     keys = sums.index.to_frame(index=False)
     return make_table(keys["image_id"].to_numpy(), keys["cell_id"].to_numpy(), mean)
+
+
+def broadcast_image_table(cells: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
+    """A cell table whose rows carry their field's image-level probabilities (``images``: image_id, p00..p18).
+
+    The baseline that ignores cells: every cell of a field gets the same scores.
+    """
+    missing = sorted(set(cells["image_id"]) - set(images["image_id"]))
+    if missing:
+        raise InputError(f"image-level table lacks {len(missing)} field(s) of the cell table, e.g. {missing[:3]}")
+    merged = cells[KEY_COLUMNS].merge(images[["image_id", *PROB_COLUMNS]], on="image_id", how="left",
+                                      validate="many_to_one")
+    return merged[[*KEY_COLUMNS, *PROB_COLUMNS]].reset_index(drop=True)

@@ -61,23 +61,34 @@ def check_keys(schema: type, data: Any, prefix: str = "", where: str = "") -> No
 
 
 def _resolve_path(schema: type, dotted: str) -> None:
-    """Check that ``dotted`` names a field of ``schema`` (walking nested dataclasses)."""
+    """Check that ``dotted`` names a field of ``schema`` (nested dataclasses, list indices)."""
     current: type | None = schema
     parts = dotted.split(".")
-    for i, part in enumerate(parts):
+    i = 0
+    while i < len(parts):
+        part = parts[i]
         if current is None:
             return  # inside a free-form mapping: anything goes
         types = _field_types(current)
         if part not in types:
             raise _unknown_key(".".join(parts[: i + 1]), list(types), " in override")
-        sub = _dataclass_of(types[part])
+        tp = types[part]
+        if _is_list(tp) and i + 1 < len(parts):
+            if not parts[i + 1].isdigit():
+                raise ConfigError(f"config key '{'.'.join(parts[: i + 2])}': '{part}' is a list, index it by number")
+            i += 1  # the index; OmegaConf checks it is in range
+        sub = _dataclass_of(tp)
         if sub is None and i < len(parts) - 1:
             # a mapping field (e.g. transform kwargs) accepts nested keys
-            origin = typing.get_origin(types[part]) or types[part]
-            if origin not in (dict, dict, Any) and not _is_mapping(types[part]):
+            if not _is_mapping(tp) and tp is not Any:
                 raise ConfigError(f"config key '{'.'.join(parts[: i + 1])}' has no sub-keys")
             return
         current = sub
+        i += 1
+
+
+def _is_list(tp: Any) -> bool:
+    return any(typing.get_origin(a) is list or a is list for a in (tp, *typing.get_args(tp)))
 
 
 def _is_mapping(tp: Any) -> bool:
@@ -173,3 +184,9 @@ def dump_config(cfg: Any, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(to_yaml(cfg))
     tmp.replace(path)
+
+
+def config_search_path() -> list[Path]:
+    """Folders where shipped configs and recipes are looked up (``image-level/b2-768.yaml``, ...)."""
+    here = Path(__file__).resolve().parent
+    return [d for d in (here / "configs", here.parents[1] / "configs") if d.is_dir()]

@@ -144,6 +144,7 @@ def predict_batch(
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     passes = range(D4_SIZE) if tta == "d4" else range(1)
+    mask = mask.long()
     cells = image_probs = counts = None
     for model in models:
         for k in passes:
@@ -152,7 +153,7 @@ def predict_batch(
             cam = cam.float()
             # pooling per instance is invariant to moving the CAM back: pool with the true mask
             means, counts = cell_mean_pool(
-                d4_inverse(_upsample_like(cam, image, k, upsample), k), mask.long(), num_cells
+                d4_inverse(_upsample_like(cam, image, k, upsample), k), mask, num_cells
             )
             p_cells, p_image = torch.sigmoid(means), torch.sigmoid(CAMClassifier.image_logits(cam))
             cells = p_cells if cells is None else cells + p_cells

@@ -146,3 +146,259 @@ def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
         overwrite=not ctx.resume,
         options=dict(p["options"] or {}),
     )
+
+
+def find_config(name: str, ctx: TaskContext) -> Path:
+    """A config given by path, relative to the recipe's folder, or inside hpasc's shipped configs."""
+    from hpasc.config import config_search_path
+
+    candidates = [Path(name), ctx.recipe_dir / name, *(d / name for d in config_search_path())]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(
+        f"step '{ctx.step}': config '{name}' not found (looked in: {', '.join(str(c.parent) for c in candidates)})"
+    )
+
+
+def _config_folds(loader_name: str):
+    def count(p: dict[str, Any], recipe_dir: Path) -> int:
+        import importlib
+
+        module, fn = loader_name.rsplit(":", 1)
+        from hpasc.config import config_search_path
+
+        name = str(p["config"])
+        for c in [Path(name), recipe_dir / name, *(d / name for d in config_search_path())]:
+            if c.is_file():
+                overrides = [
+                    o for o in p.get("overrides", []) or [] if o.startswith("data.n_folds=")
+                ]
+                cfg = getattr(importlib.import_module(module), fn)(c, overrides)
+                return cfg.data.n_folds
+        return 0
+
+    return count
+
+
+def _train(p: dict[str, Any], ctx: TaskContext, loader: str, trainer: str) -> None:
+    import importlib
+
+    if ctx.fold is None:
+        raise ConfigError(
+            f"step '{ctx.step}': training steps need 'folds' (all, a fold index or a list)"
+        )
+    p = _take(p, ctx, ("config",), {"overrides": []})
+    module, fn = loader.split(":")
+    cfg = getattr(importlib.import_module(module), fn)(
+        find_config(p["config"], ctx), list(p["overrides"] or [])
+    )
+    module, fn = trainer.split(":")
+    train_fold = getattr(importlib.import_module(module), fn)
+    train_fold(cfg, ctx.fold, ctx.out.parent, resume=ctx.resume, fold_path=ctx.out)
+
+
+@step_kind(
+    "train-image-level", n_folds=_config_folds("hpasc.train.cam_config:load_image_level_config")
+)
+def train_image_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """config, overrides (list of a.b=value; paths may use ${data}, ${step:NAME}); with folds"""
+    _train(
+        p,
+        ctx,
+        "hpasc.train.cam_config:load_image_level_config",
+        "hpasc.train.image_level:train_fold",
+    )
+
+
+@step_kind(
+    "train-cell-level", n_folds=_config_folds("hpasc.train.cell_config:load_cell_level_config")
+)
+def train_cell_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """config, overrides; with folds"""
+    _train(
+        p,
+        ctx,
+        "hpasc.train.cell_config:load_cell_level_config",
+        "hpasc.train.cell_level:train_fold",
+    )
+
+
+def _list(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+@step_kind("oof")
+def oof_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """runs: trained step folder(s) -> ${out}/cells.parquet (+ images.parquet): out-of-fold predictions"""
+    from hpasc.oof import join_oof
+    from hpasc.predict import write_predictions
+
+    p = _take(p, ctx, ("runs",), {})
+    cells, images = join_oof(_list(p["runs"]))
+    write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
+
+
+@step_kind("average")
+def average_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """tables: cell tables (files or step folders holding cells.parquet), weights, allow_missing -> ${out}/cells.parquet"""
+    from hpasc.cells import average_tables, write_table
+
+    p = _take(p, ctx, ("tables",), {"weights": None, "allow_missing": False})
+    paths = [Path(t) / "cells.parquet" if Path(t).is_dir() else Path(t) for t in _list(p["tables"])]
+    write_table(
+        average_tables(paths, weights=p["weights"], allow_missing=bool(p["allow_missing"])),
+        ctx.out / "cells.parquet",
+    )
+    images = [q.with_name("images.parquet") for q in paths]
+    if all(q.is_file() for q in images):  # image-level tables average the same way (keys: image_id)
+        _average_image_tables(images, p["weights"], ctx.out / "images.parquet")
+
+
+def _average_image_tables(paths: list[Path], weights, out: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from hpasc.cells import PROB_COLUMNS
+
+    frames = [pd.read_parquet(q).set_index("image_id")[PROB_COLUMNS] for q in paths]
+    w = np.ones(len(frames)) if weights is None else np.asarray(weights, float)
+    common = frames[0].index
+    for f in frames[1:]:
+        common = common.intersection(f.index)
+    total = sum(wi * f.loc[common].to_numpy(np.float64) for wi, f in zip(w, frames, strict=True))
+    df = pd.DataFrame((total / w.sum()).astype(np.float32), columns=PROB_COLUMNS)
+    df.insert(0, "image_id", list(common))
+    df.to_parquet(out, index=False)
+
+
+@step_kind("predict-image-level")
+def predict_image_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """runs, images, masks, tta, batch_size -> ${out}/cells.parquet + images.parquet (mean of the folds)"""
+    from hpasc.predict import PredictOptions, predict_fields, write_predictions
+    from hpasc.train.runs import find_fold_dirs
+
+    p = _take(p, ctx, ("runs", "images", "masks"), {"tta": None, "batch_size": None})
+    options = PredictOptions(tta=p["tta"], batch_size=p["batch_size"])
+    cells, images = predict_fields(
+        find_fold_dirs(_list(p["runs"])), p["images"], p["masks"], options
+    )
+    write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
+
+
+@step_kind("predict-cell-level")
+def predict_cell_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """runs, crops, tta, batch_size -> ${out}/cells.parquet (+ images.parquet; mean of the folds)"""
+    from hpasc.predict import PredictOptions, write_predictions
+    from hpasc.predict_cells import predict_cell_fields
+    from hpasc.train.runs import find_fold_dirs
+
+    p = _take(p, ctx, ("runs", "crops"), {"tta": None, "batch_size": None})
+    options = PredictOptions(tta=p["tta"], batch_size=p["batch_size"])
+    cells, images = predict_cell_fields(find_fold_dirs(_list(p["runs"])), p["crops"], options)
+    write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
+
+
+@step_kind("submit")
+def submit_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """masks (original size), predictions (tables or step folders), weights, edge/center thresholds -> ${out}/submission.csv"""
+    from hpasc.submission import write_submission
+
+    p = _take(
+        p,
+        ctx,
+        ("masks", "predictions"),
+        {
+            "weights": None,
+            "edge_area_threshold": 80000,
+            "center_area_threshold": 32000,
+            "scale_thresholds_with_size": False,
+            "min_confidence": 0.0,
+            "allow_missing": False,
+        },
+    )
+    tables = [
+        Path(t) / "cells.parquet" if Path(t).is_dir() else Path(t) for t in _list(p["predictions"])
+    ]
+    summary = write_submission(
+        p["masks"],
+        tables,
+        ctx.out / "submission.csv",
+        weights=p["weights"],
+        allow_missing=bool(p["allow_missing"]),
+        edge_area_threshold=float(p["edge_area_threshold"]),
+        center_area_threshold=float(p["center_area_threshold"]),
+        scale_thresholds_with_size=bool(p["scale_thresholds_with_size"]),
+        min_confidence=float(p["min_confidence"]),
+    )
+    import logging
+
+    logging.getLogger("hpasc.steps").info("submission: %s", summary)
+
+
+@step_kind("evaluate")
+def evaluate_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """solution, submission (file or step folder), baseline (optional submission) -> ${out}/metric.json"""
+    import json
+
+    from hpasc.metric import evaluate
+
+    p = _take(p, ctx, ("solution", "submission"), {"baseline": None, "baseline_name": "baseline"})
+
+    def sub(path: str) -> Path:
+        return Path(path) / "submission.csv" if Path(path).is_dir() else Path(path)
+
+    result = evaluate(p["solution"], sub(p["submission"]))
+    doc: dict[str, Any] = {
+        "mAP": result.map,
+        "per_class": {str(k): v for k, v in result.per_class.items()},
+        "n_gt": {str(k): v for k, v in result.n_gt.items()},
+    }
+    if p["baseline"]:
+        base = evaluate(p["solution"], sub(p["baseline"]))
+        doc["baseline"] = {
+            "name": p["baseline_name"],
+            "mAP": base.map,
+            "per_class": {str(k): v for k, v in base.per_class.items()},
+        }
+    (ctx.out / "metric.json").write_text(json.dumps(doc, indent=1))
+
+
+@step_kind("broadcast")
+def broadcast_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """cells (table or step folder: which cells), images (image-level table or step folder) -> ${out}/cells.parquet
+
+    Every cell gets its field's image-level probabilities: the baseline that ignores cells.
+    """
+    import pandas as pd
+
+    from hpasc.cells import broadcast_image_table, read_table, write_table
+
+    p = _take(p, ctx, ("cells", "images"), {})
+    cells = read_table(Path(p["cells"]) / "cells.parquet" if Path(p["cells"]).is_dir() else p["cells"])
+    images = pd.read_parquet(Path(p["images"]) / "images.parquet" if Path(p["images"]).is_dir() else p["images"])
+    write_table(broadcast_image_table(cells, images), ctx.out / "cells.parquet")
+
+
+@step_kind("report")
+def report_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """images, masks, cells (step folder or table), image_level, metric (step folder), runs, title -> ${out}/report.html"""
+    import json
+    import shutil
+
+    from hpasc.report import MANIFEST, build_report
+
+    p = _take(p, ctx, ("images", "masks", "cells"), {"image_level": None, "metric": None, "runs": [], "title": ""})
+
+    def table(path: str | None, name: str) -> str | None:
+        if not path:
+            return None
+        src = Path(path) / name if Path(path).is_dir() else Path(path)
+        shutil.copyfile(src, ctx.out / name)
+        return name
+
+    manifest = {"title": p["title"] or ctx.step, "images": p["images"], "masks": p["masks"],
+                "cells": table(p["cells"], "cells.parquet"), "image_level": table(p["image_level"], "images.parquet"),
+                "metric": table(p["metric"], "metric.json"), "runs": _list(p["runs"])}
+    (ctx.out / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if v}, indent=1))
+    build_report(ctx.out, ctx.out / "report.html")

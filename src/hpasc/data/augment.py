@@ -97,8 +97,8 @@ def cutmix(x: torch.Tensor, boxes: list[CutMixBox]) -> torch.Tensor:
     for box in boxes:
         box = _check_grid(out, box)
         perm = torch.as_tensor(box.perm, device=out.device)
-        region = (..., slice(box.y0, box.y1), slice(box.x0, box.x1))
-        out[region] = out[perm][region]
+        ys, xs = slice(box.y0, box.y1), slice(box.x0, box.x1)
+        out[..., ys, xs] = out[perm, ..., ys, xs]  # gathers the box only, not whole maps
     return out
 
 
@@ -112,8 +112,8 @@ def inverse_cutmix(x: torch.Tensor, boxes: list[CutMixBox]) -> torch.Tensor:
     for box in reversed(boxes):
         box = _check_grid(out, box)
         inv = torch.as_tensor(box.inverse_perm(), device=out.device)
-        region = (..., slice(box.y0, box.y1), slice(box.x0, box.x1))
-        out[region] = out[inv][region]
+        ys, xs = slice(box.y0, box.y1), slice(box.x0, box.x1)
+        out[..., ys, xs] = out[inv, ..., ys, xs]
     return out
 
 

@@ -64,7 +64,11 @@ class CAMConsistencyModule(L.LightningModule):
     """
 
     def __init__(
-        self, cfg, fold: int | None = None, cell_metric: Callable | None = None, load_init: bool = True
+        self,
+        cfg,
+        fold: int | None = None,
+        cell_metric: Callable | None = None,
+        load_init: bool = True,
     ) -> None:
         super().__init__()
         import dataclasses
@@ -86,9 +90,12 @@ class CAMConsistencyModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------- training
 
-    def _step_rng(self) -> np.random.Generator:
-        # one generator per (seed, rank, step): reproducible, and unchanged by a resume
-        return np.random.default_rng([self.cfg.trainer.seed, self.global_rank, self.global_step])
+    def _step_rng(self, batch_idx: int) -> np.random.Generator:
+        # one generator per (seed, rank, step, batch): reproducible, unchanged by a resume, and
+        # distinct for the batches of one optimiser step under gradient accumulation
+        return np.random.default_rng(
+            [self.cfg.trainer.seed, self.global_rank, self.global_step, batch_idx]
+        )
 
     def alpha(self) -> float:
         c = self.cfg.consistency
@@ -124,7 +131,7 @@ class CAMConsistencyModule(L.LightningModule):
         mask = batch["mask"].long()
         b, _, h, w = x.shape
         k = batch["cell_ids"].shape[1]
-        rng = self._step_rng()
+        rng = self._step_rng(batch_idx)
 
         affine_params = None
         if max(aug.angle_limit, aug.shear_limit, aug.scale_limit) > 0:

@@ -141,7 +141,9 @@ def train_fold(
     valid_ds = FieldDataset(table, valid_rows, cfg.data, "valid")
     train_loader, valid_loader = _loaders(cfg, train_ds, valid_ds)
 
-    module = CAMConsistencyModule(cfg, fold, _cell_metric(cfg, table, valid_rows), load_init=ckpt is None)
+    module = CAMConsistencyModule(
+        cfg, fold, _cell_metric(cfg, table, valid_rows), load_init=ckpt is None
+    )
     trainer = build_trainer(
         cfg.trainer,
         out,
