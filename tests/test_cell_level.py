@@ -136,6 +136,10 @@ def test_stream_reads_each_field_once_and_splits_ranks(tmp_path, monkeypatch):
     stream.set_epoch(1)
     assert [r for b in _rows(stream, 0) for r in b] != first  # a new shuffle per epoch
 
+    # two DataLoader worker processes: each reads its own fields, whole batches, all cells once
+    rows = [r for b in _rows(CropStream(cell_set, 4), 2) for r in b if r >= 0]
+    assert sorted(rows) == list(range(cell_set.n_cells))
+
 
 # ------------------------------------------------------------------------------ augmentation
 
