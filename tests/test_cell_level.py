@@ -97,6 +97,56 @@ def test_broadcast_labels_and_folds(tmp_path):
     assert train.n_cells + valid.n_cells == sum(len(c) for c in cells.values())
 
 
+def test_sources_are_concatenated(tmp_path):
+    """Kaggle train + a public-HPA table, each with its own crop set and folds; one soft table."""
+    _, ids_a, cells_a = _crop_set(tmp_path / "a", n_fields=10, seed=0)
+    rng = np.random.default_rng(5)
+    store = Store(str(tmp_path / "b" / "crops"))
+    cells_b = {}
+    for i in range(8):
+        fid = f"{100 + i}_A1_{i}"
+        cells_b[fid] = np.arange(1, 1 + int(rng.integers(1, 4)), dtype=np.int32)
+        crops = np.full((len(cells_b[fid]), 8, SIZE, SIZE), 200 + i, np.uint8)
+        write_crops(store, fid, crops, cells_b[fid])
+    public = pd.DataFrame(
+        {
+            "Image": [f"https://hpa/images/{f}" for f in cells_b],
+            "Label_idx": ["3|7"] * len(cells_b),
+            "in_trainset": ["False"] * len(cells_b),
+            "Cellline": ["U-2 OS"] * len(cells_b),
+        }
+    )
+    public.to_csv(tmp_path / "b" / "public.csv", index=False)
+    soft = _soft_table({**cells_a, **cells_b})
+    soft.to_parquet(tmp_path / "soft.parquet", index=False)
+    data = CellDataConfig(
+        root=str(tmp_path),
+        n_folds=2,
+        sources=[
+            CropSourceConfig(crops="a/crops", labels="a/train.csv", soft_labels="soft.parquet"),
+            CropSourceConfig(crops="b/crops", labels="b/public.csv", soft_labels="soft.parquet"),
+        ],
+    )
+    every = load_sources(data, part="all", progress=False)
+    assert every.image_ids == ids_a + list(cells_b)
+    assert every.n_cells == sum(map(len, cells_a.values())) + sum(map(len, cells_b.values()))
+    keys = every.keys()
+    want = soft.set_index(["image_id", "cell_id"]).loc[
+        list(zip(keys.image_id, keys.cell_id, strict=True))
+    ]
+    np.testing.assert_allclose(every.targets, want.to_numpy(np.float32))
+    for fold in (0, 1):  # every source is split into folds of its own
+        valid = load_sources(data, fold, "valid", progress=False)
+        assert {f[:3].isdigit() for f in valid.image_ids} == {True, False}
+    # crops come from their own store: the public fields' crops hold 200 + i
+    batches = list(stream_loader(CropStream(every, 64)))
+    crops, _, rows = batches[0]
+    real = rows >= 0  # (the rest pads the batch)
+    public = torch.as_tensor(every.cell_field()[rows[real].numpy()] >= len(ids_a))
+    assert public.any() and (crops[real][public] >= 200).all()
+    assert (crops[real][~public] < 200).any()
+
+
 # -------------------------------------------------------------------------------- streaming
 
 
