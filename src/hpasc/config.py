@@ -198,4 +198,8 @@ def dump_config(cfg: Any, path: str | Path) -> None:
 def config_search_path() -> list[Path]:
     """Folders where shipped configs and recipes are looked up (``image-level/b2-768.yaml``, ...)."""
     here = Path(__file__).resolve().parent
-    return [d for d in (here / "configs", here.parents[1] / "configs") if d.is_dir()]
+    found: list[Path] = []
+    for d in (here / "configs", here.parents[1] / "configs"):  # installed package, source checkout
+        if d.is_dir() and d.resolve() not in [f.resolve() for f in found]:
+            found.append(d)
+    return found
