@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
@@ -96,6 +97,56 @@ def test_broadcast_labels_and_folds(tmp_path):
     assert train.n_cells + valid.n_cells == sum(len(c) for c in cells.values())
 
 
+def test_sources_are_concatenated(tmp_path):
+    """Kaggle train + a public-HPA table, each with its own crop set and folds; one soft table."""
+    _, ids_a, cells_a = _crop_set(tmp_path / "a", n_fields=10, seed=0)
+    rng = np.random.default_rng(5)
+    store = Store(str(tmp_path / "b" / "crops"))
+    cells_b = {}
+    for i in range(8):
+        fid = f"{100 + i}_A1_{i}"
+        cells_b[fid] = np.arange(1, 1 + int(rng.integers(1, 4)), dtype=np.int32)
+        crops = np.full((len(cells_b[fid]), 8, SIZE, SIZE), 200 + i, np.uint8)
+        write_crops(store, fid, crops, cells_b[fid])
+    public = pd.DataFrame(
+        {
+            "Image": [f"https://hpa/images/{f}" for f in cells_b],
+            "Label_idx": ["3|7"] * len(cells_b),
+            "in_trainset": ["False"] * len(cells_b),
+            "Cellline": ["U-2 OS"] * len(cells_b),
+        }
+    )
+    public.to_csv(tmp_path / "b" / "public.csv", index=False)
+    soft = _soft_table({**cells_a, **cells_b})
+    soft.to_parquet(tmp_path / "soft.parquet", index=False)
+    data = CellDataConfig(
+        root=str(tmp_path),
+        n_folds=2,
+        sources=[
+            CropSourceConfig(crops="a/crops", labels="a/train.csv", soft_labels="soft.parquet"),
+            CropSourceConfig(crops="b/crops", labels="b/public.csv", soft_labels="soft.parquet"),
+        ],
+    )
+    every = load_sources(data, part="all", progress=False)
+    assert every.image_ids == ids_a + list(cells_b)
+    assert every.n_cells == sum(map(len, cells_a.values())) + sum(map(len, cells_b.values()))
+    keys = every.keys()
+    want = soft.set_index(["image_id", "cell_id"]).loc[
+        list(zip(keys.image_id, keys.cell_id, strict=True))
+    ]
+    np.testing.assert_allclose(every.targets, want.to_numpy(np.float32))
+    for fold in (0, 1):  # every source is split into folds of its own
+        valid = load_sources(data, fold, "valid", progress=False)
+        assert {f[:3].isdigit() for f in valid.image_ids} == {True, False}
+    # crops come from their own store: the public fields' crops hold 200 + i
+    batches = list(stream_loader(CropStream(every, 64)))
+    crops, _, rows = batches[0]
+    real = rows >= 0  # (the rest pads the batch)
+    public = torch.as_tensor(every.cell_field()[rows[real].numpy()] >= len(ids_a))
+    assert public.any() and (crops[real][public] >= 200).all()
+    assert (crops[real][~public] < 200).any()
+
+
 # -------------------------------------------------------------------------------- streaming
 
 
@@ -134,6 +185,10 @@ def test_stream_reads_each_field_once_and_splits_ranks(tmp_path, monkeypatch):
     assert len(reads) == len(set(reads))
     stream.set_epoch(1)
     assert [r for b in _rows(stream, 0) for r in b] != first  # a new shuffle per epoch
+
+    # two DataLoader worker processes: each reads its own fields, whole batches, all cells once
+    rows = [r for b in _rows(CropStream(cell_set, 4), 2) for r in b if r >= 0]
+    assert sorted(rows) == list(range(cell_set.n_cells))
 
 
 # ------------------------------------------------------------------------------ augmentation
@@ -272,6 +327,54 @@ def test_train_predict_oof_cli_on_synthetic_crops(tmp_path, cli):
 
     r = cli("train", "cell-level", config, *over, "--run-dir", run, "--fold", "0")
     assert r.returncode != 0 and "--resume" in r.stderr
+
+
+class _Kill(L.Callback):
+    """Dies as epoch 1 starts, after epoch 0's checkpoint was written."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("killed in epoch 1")
+
+
+class _Epochs(L.Callback):
+    """Records the shuffle epoch the training stream had when each epoch began."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            stream = trainer.train_dataloader.dataset
+            self.seen.append((trainer.current_epoch, stream.epoch))
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path):
+    from hpasc.errors import OutputError
+    from hpasc.train.cell_config import load_cell_level_config
+    from hpasc.train.cell_level import train_fold
+
+    _crop_set(tmp_path, n_fields=16)
+    over = [
+        f"data.root={tmp_path}",
+        "trainer.max_epochs=2",
+        "data.batch_size=4",
+        "predict.after_fit=false",
+    ]
+    cfg = load_cell_level_config(CONFIGS / "tiny.yaml", [*over, "trainer.monitor=null"])
+    cfg.data.sources = [CropSourceConfig(crops="crops", labels="train.csv")]
+    with pytest.raises(RuntimeError, match="killed"):
+        train_fold(cfg, 0, tmp_path / "run", callbacks=[_Kill()])
+    last = tmp_path / "run" / "fold-0" / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=False)
+    assert first["epoch"] == 0
+    with pytest.raises(OutputError, match="--resume"):
+        train_fold(cfg, 0, tmp_path / "run")
+    epochs = _Epochs()
+    train_fold(cfg, 0, tmp_path / "run", resume=True, callbacks=[epochs])
+    second = torch.load(last, weights_only=False)
+    assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"] > 0
+    assert epochs.seen == [(1, 1)]  # the resumed epoch reads the fields in epoch 1's order
 
 
 @pytest.mark.slow

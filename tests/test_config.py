@@ -113,3 +113,8 @@ def test_override_inside_list():
         load_config(WithList, None, ["sources.masks=/x"])
     with pytest.raises(ConfigError):
         load_config(WithList, None, ["sources.3.masks=/x"])
+
+
+def test_none_word_kept_for_plain_strings():
+    cfg = load_config(Model, None, ["arch=none", "pretrained=none"])
+    assert cfg.arch == "none" and cfg.pretrained is None

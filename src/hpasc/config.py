@@ -60,15 +60,17 @@ def check_keys(schema: type, data: Any, prefix: str = "", where: str = "") -> No
             check_keys(sub, value, prefix=f"{path}.", where=where)
 
 
-def _resolve_path(schema: type, dotted: str) -> None:
-    """Check that ``dotted`` names a field of ``schema`` (nested dataclasses, list indices)."""
+def _resolve_path(schema: type, dotted: str) -> Any:
+    """Check that ``dotted`` names a field of ``schema`` (nested dataclasses, list indices).
+
+    Returns the field's type (``Any`` inside free-form mappings)."""
     current: type | None = schema
     parts = dotted.split(".")
     i = 0
     while i < len(parts):
         part = parts[i]
         if current is None:
-            return  # inside a free-form mapping: anything goes
+            return Any  # inside a free-form mapping: anything goes
         types = _field_types(current)
         if part not in types:
             raise _unknown_key(".".join(parts[: i + 1]), list(types), " in override")
@@ -84,9 +86,12 @@ def _resolve_path(schema: type, dotted: str) -> None:
             # a mapping field (e.g. transform kwargs) accepts nested keys
             if not _is_mapping(tp) and tp is not Any:
                 raise ConfigError(f"config key '{'.'.join(parts[: i + 1])}' has no sub-keys")
-            return
+            return Any
+        if i == len(parts) - 1:
+            return tp
         current = sub
         i += 1
+    return Any
 
 
 def _is_list(tp: Any) -> bool:
@@ -137,8 +142,10 @@ def from_dict(
     try:
         cfg: DictConfig = OmegaConf.structured(schema)
         cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
-        for key, value in parse_overrides(list(overrides)):
-            _resolve_path(schema, key)
+        for (key, value), raw in zip(parse_overrides(list(overrides)), overrides, strict=True):
+            tp = _resolve_path(schema, key)
+            if value is None and tp is str:  # "none" is a legal value of a plain string option
+                value = raw.split("=", 1)[1]
             OmegaConf.update(cfg, key, value, merge=False)
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
@@ -191,4 +198,8 @@ def dump_config(cfg: Any, path: str | Path) -> None:
 def config_search_path() -> list[Path]:
     """Folders where shipped configs and recipes are looked up (``image-level/b2-768.yaml``, ...)."""
     here = Path(__file__).resolve().parent
-    return [d for d in (here / "configs", here.parents[1] / "configs") if d.is_dir()]
+    found: list[Path] = []
+    for d in (here / "configs", here.parents[1] / "configs"):  # installed package, source checkout
+        if d.is_dir() and d.resolve() not in [f.resolve() for f in found]:
+            found.append(d)
+    return found

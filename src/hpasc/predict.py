@@ -119,7 +119,8 @@ def load_fold(
     return model.to(device).eval(), cfg
 
 
-def _autocast(device: torch.device):
+def inference_autocast(device: torch.device):
+    """bf16 (else fp16) autocast on CUDA; a no-op context on CPU."""
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
@@ -148,7 +149,7 @@ def predict_batch(
     cells = image_probs = counts = None
     for model in models:
         for k in passes:
-            with _autocast(image.device):
+            with inference_autocast(image.device):
                 cam = model(d4_transform(image, k))
             cam = cam.float()
             # pooling per instance is invariant to moving the CAM back: pool with the true mask
@@ -248,7 +249,8 @@ class PredictOptions:
     progress: bool = True
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; any other name as given (``cuda:1``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -274,7 +276,7 @@ def predict_valid(
     from hpasc.data.fields import FieldDataset, load_field_table
 
     fold_path = Path(fold_path)
-    device = _device(options.device)
+    device = resolve_device(options.device)
     model, cfg = load_fold(fold_path, options.checkpoint, device)
     table = load_field_table(cfg.data, check_images=False)
     if images or masks:
@@ -302,7 +304,7 @@ def predict_fields(
 
     if not fold_paths:
         raise InputError("no fold folders to predict with")
-    device = _device(options.device)
+    device = resolve_device(options.device)
     loaded = [load_fold(p, options.checkpoint, device) for p in fold_paths]
     cfg = loaded[0][1]
     image_store, mask_store = _open(images), _open(masks)

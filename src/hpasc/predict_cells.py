@@ -26,7 +26,7 @@ import torch
 from hpasc.classes import NUM_CLASSES
 from hpasc.data.augment import D4_SIZE, d4_transform
 from hpasc.errors import InputError
-from hpasc.predict import PredictOptions, _autocast, _device, make_image_table
+from hpasc.predict import PredictOptions, inference_autocast, make_image_table, resolve_device
 from hpasc.train import runs
 
 TTA_MODES = ("d4", "none")
@@ -68,7 +68,7 @@ def predict_crops(
     total = None
     for model in models:
         for k in passes:
-            with _autocast(x.device):
+            with inference_autocast(x.device):
                 p = torch.sigmoid(model(d4_transform(x, k)).float())
             total = p if total is None else total + p
     return total / (len(models) * len(passes))
@@ -131,7 +131,7 @@ def predict_cell_valid(
     from hpasc.data.crops import load_sources
 
     fold_path = Path(fold_path)
-    device = _device(options.device)
+    device = resolve_device(options.device)
     model, cfg = load_cell_fold(fold_path, options.checkpoint, device)
     cell_set = load_sources(
         cfg.data,
@@ -160,7 +160,7 @@ def predict_cell_fields(
 
     if not fold_paths:
         raise InputError("no fold folders to predict with")
-    device = _device(options.device)
+    device = resolve_device(options.device)
     loaded = [load_cell_fold(p, options.checkpoint, device) for p in fold_paths]
     cfg = loaded[0][1]
     ids = list(ids) if ids is not None else list_crop_ids(Store(crops))

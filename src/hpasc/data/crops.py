@@ -107,38 +107,32 @@ class CellSet:
 
     @staticmethod
     def concat(sets: Sequence[CellSet]) -> CellSet:
-        """One set holding the fields of ``sets`` in order (ids must not repeat)."""
+        """One set holding the fields of ``sets`` (at least one) in order; ids must not repeat."""
+        if not sets:
+            raise ValueError("CellSet.concat needs at least one set")
         ids = [i for s in sets for i in s.image_ids]
-        seen: set[str] = set()
-        dup = [i for i in ids if i in seen or seen.add(i)]
-        if dup:
-            raise InputError(f"field ids appear in more than one source: {dup[:5]}")
-        stores: list[str] = []
-        index = []
-        for s in sets:
-            remap = []
-            for url in s.stores:
-                if url not in stores:
-                    stores.append(url)
-                remap.append(stores.index(url))
-            index.append(
-                np.asarray(remap, dtype=np.int64)[s.store_index] if s.n_fields else s.store_index
-            )
-        counts = np.concatenate([s.cell_counts() for s in sets]) if sets else np.zeros(0, np.int64)
+        _check_unique(ids)
+        stores = list(dict.fromkeys(url for s in sets for url in s.stores))
+        index = [
+            np.asarray([stores.index(u) for u in s.stores], np.int64)[s.store_index] for s in sets
+        ]
+        counts = np.concatenate([s.cell_counts() for s in sets])
         return CellSet(
             image_ids=ids,
             stores=stores,
-            store_index=np.concatenate(index).astype(np.int64) if sets else np.zeros(0, np.int64),
-            image_labels=np.concatenate([s.image_labels for s in sets])
-            if sets
-            else np.zeros((0, NUM_CLASSES), np.float32),
-            folds=np.concatenate([s.folds for s in sets]) if sets else np.zeros(0, np.int64),
+            store_index=np.concatenate(index),
+            image_labels=np.concatenate([s.image_labels for s in sets]),
+            folds=np.concatenate([s.folds for s in sets]),
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-            cell_ids=np.concatenate([s.cell_ids for s in sets]) if sets else np.zeros(0, np.int64),
-            targets=np.concatenate([s.targets for s in sets])
-            if sets
-            else np.zeros((0, NUM_CLASSES), np.float32),
+            cell_ids=np.concatenate([s.cell_ids for s in sets]),
+            targets=np.concatenate([s.targets for s in sets]),
         )
+
+
+def _check_unique(ids: Sequence[str]) -> None:
+    dup = pd.Index(ids)[pd.Index(ids).duplicated()]
+    if len(dup):
+        raise InputError(f"field ids appear in more than one source: {list(dup[:5])}")
 
 
 # ---------------------------------------------------------------------------------- records
@@ -292,10 +286,7 @@ def source_fields(data_cfg) -> list[SourceFields]:
             resolve_path(data_cfg.root, src.folds), labels, data_cfg.n_folds, data_cfg.fold_seed
         )
         out.append(SourceFields(src, list(labels.ids), labels.y, folds))
-    seen: set[str] = set()
-    dup = [i for s in out for i in s.ids if i in seen or seen.add(i)]
-    if dup:
-        raise InputError(f"field ids appear in more than one source: {dup[:5]}")
+    _check_unique([i for s in out for i in s.ids])
     return out
 
 
@@ -317,16 +308,17 @@ def load_sources(
     from hpasc.data.fields import PseudoLabels
     from hpasc.train.cam_config import resolve_path
 
-    sets = []
+    sets, tables = [], {}
     for fields in source_fields(data_cfg):
         src = fields.source
         keep = fields.select(fold, part)
         ids = [f for f, k in zip(fields.ids, keep, strict=True) if k]
-        pseudo = (
-            PseudoLabels.read(resolve_path(data_cfg.root, src.soft_labels))
-            if soft and src.soft_labels
-            else None
-        )
+        pseudo = None
+        if soft and src.soft_labels:
+            path = resolve_path(data_cfg.root, src.soft_labels)
+            if path not in tables:  # sources usually share one out-of-fold table: read it once
+                tables[path] = PseudoLabels.read(path)
+            pseudo = tables[path]
         store = crops or resolve_path(data_cfg.root, src.crops)
         sets.append(
             build_cell_set(store, ids, fields.y[keep], fields.folds[keep], pseudo, progress)

@@ -114,7 +114,9 @@ def train_fold(
     pin = torch.cuda.is_available()
     valid_loader = stream_loader(valid_stream, pin) if valid_cells.n_cells else None
 
-    module = CellLevelModule(cfg, fold, _cell_metric(cfg, fold), valid_cells.keys())
+    module = CellLevelModule(
+        cfg, fold, _cell_metric(cfg, fold), valid_cells.keys(), load_init=ckpt is None
+    )
     callbacks = [StreamPlacement(train_stream, valid_stream), *(callbacks or [])]
     trainer = build_trainer(
         cfg.trainer, out, name=f"{cfg.name or 'cell-level'}/fold-{fold}", callbacks=callbacks

@@ -71,20 +71,33 @@ class CellLevelModule(L.LightningModule):
     ``cell_metric``: optional callable taking a cell table of the validation cells
     (``image_id, cell_id, p00…p18``) and returning the competition mAP; ``valid_keys`` maps
     validation rows to ``image_id, cell_id`` (a DataFrame), needed with ``cell_metric``.
+    ``load_init=False`` skips ImageNet / ``init_from`` weights (a resumed run loads its
+    checkpoint instead).
     """
 
     def __init__(
-        self, cfg, fold: int | None = None, cell_metric: Callable | None = None, valid_keys=None
+        self,
+        cfg,
+        fold: int | None = None,
+        cell_metric: Callable | None = None,
+        valid_keys=None,
+        load_init: bool = True,
     ) -> None:
         super().__init__()
+        import dataclasses
+
         from hpasc.config import to_dict
 
         # (ignore: Lightning compares every init argument with the dict, a DataFrame cannot be)
         self.save_hyperparameters(
-            {"config": to_dict(cfg), "fold": fold}, ignore=["cell_metric", "valid_keys"]
+            {"config": to_dict(cfg), "fold": fold},
+            ignore=["cell_metric", "valid_keys", "load_init"],
         )
         self.cfg = cfg
-        self.model = build_cell_model(cfg.model, fold)
+        model_cfg = cfg.model
+        if not load_init:  # resuming: the checkpoint brings the weights
+            model_cfg = dataclasses.replace(model_cfg, pretrained=False, init_from=None)
+        self.model = build_cell_model(model_cfg, fold)
         self.cell_metric = cell_metric
         self.valid_keys = valid_keys
         self._valid_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []

@@ -1,0 +1,210 @@
+"""Apply trained runs to a user's own fields: segment, predict every cell, write tables and overlays.
+
+``predict_fields_end_to_end`` is what ``hpasc predict fields`` runs. No labels are needed. Output::
+
+    OUT/masks/<id>.png          cell masks at the fields' own size (the ids of the tables)
+    OUT/cells.parquet           hpasc cell table (image_id, cell_id, p00..p18): the mean of the runs
+    OUT/cells.csv               the same with class names, area and the class each cell ranks highest in
+    OUT/images.parquet          image-level probabilities (mean of the runs that give them)
+    OUT/overlays/<id>.png       the field with outlines coloured by class, and a legend
+    OUT/manifest.json           what `hpasc report OUT` needs
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hpasc.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def _first_field_side(store_url: str) -> int | None:
+    from hpasc.io import images as imio
+    from hpasc.io.store import Store
+
+    try:
+        store = Store(store_url)
+        ids = imio.list_field_ids(store)
+        return int(imio.read_channel(store, ids[0], "blue").shape[0]) if ids else None
+    except Exception:  # the training data may have moved: the caller falls back to an option
+        return None
+
+
+def run_input_size(fold_dir: Path, cell_level: bool) -> int | None:
+    """Side of the fields (image-level) or crops (cell-level) a fold was trained on, if still readable."""
+    if cell_level:
+        from hpasc.prepare import list_crop_ids, read_crops
+        from hpasc.train.cam_config import resolve_path
+        from hpasc.train.cell_config import load_cell_level_config
+
+        cfg = load_cell_level_config(fold_dir / "config.yaml")
+        try:
+            crops = resolve_path(cfg.data.root, cfg.data.sources[0].crops)
+            for fid in list_crop_ids(crops):
+                arr, _ = read_crops(crops, fid)
+                if len(arr):
+                    return int(arr.shape[-1])
+        except Exception:
+            return None
+        return None
+    from hpasc.train.cam_config import load_image_level_config, resolve_path
+
+    cfg = load_image_level_config(fold_dir / "config.yaml")
+    return (
+        _first_field_side(resolve_path(cfg.data.root, cfg.data.sources[0].images))
+        if cfg.data.sources
+        else None
+    )
+
+
+def predict_fields_end_to_end(
+    images: str,
+    runs: list[str | Path],
+    out: str | Path,
+    *,
+    method: str = "classical",
+    size: int | None = None,
+    crop_size: int | None = None,
+    tta: str | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    segment_options: dict | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Segment every field of ``images``, predict its cells with every run, average, write OUT."""
+    from hpasc.cells import PROB_COLUMNS, average_tables, write_table
+    from hpasc.classes import CLASS_NAMES
+    from hpasc.io import images as imio
+    from hpasc.io.store import Store
+    from hpasc.predict import PredictOptions, predict_fields
+    from hpasc.predict_cells import predict_cell_fields
+    from hpasc.prepare import crop_set, resize_set
+    from hpasc.segment.sets import segment_set
+    from hpasc.train.cell_level import is_cell_level_run
+    from hpasc.train.runs import find_fold_dirs
+    from hpasc.viz import field_overlay, png_bytes, top_class
+
+    out = Path(out)
+    if out.is_file():
+        raise InputError(f"output {out} is a file; give a folder")
+    ids = imio.list_field_ids(Store(images))
+    if not ids:
+        raise InputError(f"no fields in {images} (expected <id>_red/_green/_blue/_yellow images)")
+    groups: dict[bool, list[Path]] = {True: [], False: []}
+    for r in runs:
+        folds = find_fold_dirs([r])
+        if not folds:
+            raise InputError(f"{r}: no trained fold folders (fold-<k>/config.yaml) found")
+        groups[is_cell_level_run(folds[0])].append(Path(r))
+    masks = out / "masks"
+    segment_set(
+        images,
+        masks,
+        method=method,
+        workers=workers,
+        overwrite=overwrite,
+        progress=progress,
+        options=segment_options or {},
+    )
+    options = PredictOptions(tta=tta, progress=progress)
+    tables, image_tables = [], []
+    for cell_level, members in ((False, groups[False]), (True, groups[True])):
+        for run in members:
+            folds = find_fold_dirs([run])
+            if cell_level:
+                side = _image_side_for_cells(groups, size)
+            else:
+                side = size or run_input_size(folds[0], cell_level=False)
+            if side is None:
+                raise InputError(
+                    f"{run}: cannot tell the field size it was trained at (its data moved); pass --size"
+                )
+            work = out / "work" / str(side)
+            resize_set(images, work / "images", side, progress=progress, workers=workers)
+            resize_set(masks, work / "masks", side, masks=True, progress=progress, workers=workers)
+            if cell_level:
+                cs = crop_size or run_input_size(folds[0], cell_level=True)
+                if cs is None:
+                    raise InputError(
+                        f"{run}: cannot tell its crop size (its crops moved); pass --crop-size"
+                    )
+                crops = work / f"crops-{cs}"
+                crop_set(
+                    work / "images", work / "masks", crops, cs, progress=progress, workers=workers
+                )
+                cells, image_table = predict_cell_fields(folds, str(crops), options)
+            else:
+                cells, image_table = predict_fields(
+                    folds, str(work / "images"), str(work / "masks"), options
+                )
+            tables.append(cells)
+            image_tables.append(image_table)
+            log.info("%s: %d cells in %d fields", run, len(cells), len(image_table))
+    if not tables:
+        raise InputError("give at least one run with --runs")
+    cells = average_tables(tables, allow_missing=True)
+    write_table(cells, out / "cells.parquet")
+    if image_tables:
+        img = (
+            pd.concat(image_tables)
+            .groupby("image_id", sort=True)[PROB_COLUMNS]
+            .mean()
+            .reset_index()
+        )
+        img.to_parquet(out / "images.parquet", index=False)
+    shown = top_class(cells[PROB_COLUMNS].to_numpy())
+    named = cells[["image_id", "cell_id"]].copy()
+    areas = []
+    overlays = Store(out / "overlays")
+    mstore = Store(masks)
+    for fid in ids:
+        mask = imio.read_mask(mstore, fid)
+        counts = np.bincount(mask.ravel())
+        sel = (cells["image_id"] == fid).to_numpy()
+        areas.append(
+            pd.Series(counts[cells.loc[sel, "cell_id"].to_numpy()], index=np.flatnonzero(sel))
+        )
+        classes = dict(
+            zip(cells.loc[sel, "cell_id"].astype(int), shown[sel].astype(int), strict=True)
+        )
+        overlays.write_bytes(
+            f"{fid}.png",
+            png_bytes(field_overlay(imio.read_field(Store(images), fid), mask, classes)),
+        )
+    named["area"] = pd.concat(areas).sort_index().to_numpy() if areas else []
+    named["shown_class"] = [CLASS_NAMES[k] for k in shown]
+    for k, name in enumerate(CLASS_NAMES):
+        named[name] = cells[PROB_COLUMNS[k]].to_numpy()
+    tmp = out / ".cells.csv.tmp"
+    named.to_csv(tmp, index=False)
+    tmp.replace(out / "cells.csv")
+    manifest = {
+        "title": f"predictions for {images}",
+        "images": str(images),
+        "masks": str(masks),
+        "cells": "cells.parquet",
+        "runs": [str(r) for r in runs],
+    }
+    if image_tables:
+        manifest["image_level"] = "images.parquet"
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return named
+
+
+def _image_side_for_cells(groups: dict[bool, list[Path]], size: int | None) -> int | None:
+    """Cell-level runs cut crops from fields resized like the image-level runs': use their size."""
+    from hpasc.train.runs import find_fold_dirs
+
+    if size:
+        return size
+    for run in groups[False]:
+        side = run_input_size(find_fold_dirs([run])[0], cell_level=False)
+        if side:
+            return side
+    return None

@@ -1,0 +1,54 @@
+"""The whole pipeline through `hpasc run` on a shrunken demo recipe, then `hpasc predict fields`."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from hpasc.config import config_search_path
+
+pytestmark = pytest.mark.slow
+
+
+def shrunken_demo(tmp_path):
+    demo = yaml.safe_load((config_search_path()[0] / "recipes" / "demo.yaml").read_text())
+    for step in demo["steps"]:
+        if step["kind"] == "synth":
+            step.update(n_images=12 if step["name"] == "train-fields" else 4, size=160)
+        if step["kind"] == "crop":
+            step["size"] = 48
+        if step["kind"].startswith("train-"):
+            kind = "image-level" if step["kind"] == "train-image-level" else "cell-level"
+            step["config"] = f"{kind}/tiny.yaml"
+            step["overrides"] = [o for o in step["overrides"] if not o.startswith("trainer.max_epochs")]
+            step["overrides"] += ["trainer.max_epochs=1", "data.batch_size=4"]
+    path = tmp_path / "demo-small.yaml"
+    path.write_text(yaml.safe_dump(demo, sort_keys=False))
+    return path
+
+
+def test_recipe_end_to_end_then_predict_fields(tmp_path, cli):
+    recipe = shrunken_demo(tmp_path)
+    work = tmp_path / "work"
+    r = cli("run", recipe, "--work", work, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    metric = json.loads((work / "metric" / "metric.json").read_text())
+    assert 0.0 <= metric["mAP"] <= 1.0 and "baseline" in metric
+    sub = pd.read_csv(work / "submission" / "submission.csv")
+    assert len(sub) == 4 and sub["PredictionString"].str.len().gt(0).all()
+    assert (work / "report" / "report.html").stat().st_size > 10_000
+    # a second run finds everything finished
+    r = cli("run", recipe, "--work", work, "--dry-run")
+    assert r.returncode == 0 and "[run" not in r.stdout and r.stdout.count("[done  ]") >= 19
+
+    out = tmp_path / "pred"
+    r = cli("predict", "fields", work / "test-fields" / "images", "--runs", work / "cam", "--runs", work / "cell",
+            "-o", out, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = pd.read_csv(out / "cells.csv")
+    assert {"image_id", "cell_id", "area", "shown_class", "Nucleoplasm", "Negative"} <= set(table.columns)
+    assert table["image_id"].nunique() == 4 and table["Negative"].between(0, 1).all()
+    assert len(list((out / "overlays").glob("*.png"))) == 4
+    r = cli("report", out, "-o", out / "report.html")
+    assert r.returncode == 0, r.stderr
