@@ -37,8 +37,8 @@ def pfcell(tmp_path_factory):
     return load_recipe(PFCELL, data=tmp / "data", work=tmp / "work")
 
 
-def _dry_run_tasks(cli, recipe: Path, data: Path, work: Path) -> list[tuple[str, str, list[str]]]:
-    proc = cli("run", recipe, "--data", data, "--work", work, "--dry-run")
+def _dry_run_tasks(cli, recipe: Path, data: Path, work: Path, *extra: str):
+    proc = cli("run", recipe, "--data", data, "--work", work, "--dry-run", *extra)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tasks = []
     for line in proc.stdout.splitlines()[1:]:
@@ -78,6 +78,7 @@ def test_pfcell_dry_run_plan(cli, tmp_path):
     assert max(pos[f"{m}/fold-4"] for m in STAGE2) < pos["stage2-average"]
     assert pos["stage2-average"] < min(pos[f"{m}/fold-0"] for m in STAGE3)
     assert labels[-2:] == ["ensemble", "submission"]
+    assert len(tasks) == 84
     assert set(by_name["submission"]) == {"masks-test", "ensemble"}
     # a single fold of a training step (one SLURM array job)
     proc = cli(
@@ -89,6 +90,30 @@ def test_pfcell_dry_run_plan(cli, tmp_path):
         "  1. [run   ] cam-b7-768/fold-3  (train-image-level)  <- train-768, masks-train-768, "
         "folds, public-768, masks-public-768"
     ]
+
+
+def test_pfcell_until_prepared_is_the_whole_preparation(cli, tmp_path):
+    tasks = _dry_run_tasks(cli, PFCELL, tmp_path, tmp_path / "work", "--until", "prepared")
+    kinds = {kind for _, kind, _ in tasks}
+    assert kinds == {"folds", "resize", "segment", "crop", "group"}
+    assert len(tasks) == 20 and tasks[-1][0] == "prepared"
+    crops = [label for label, kind, _ in tasks if kind == "crop"]
+    assert len(crops) == 6 and set(tasks[-1][2]) == {"folds", *crops}
+
+
+def test_group_step_does_nothing_and_takes_no_keys(tmp_path):
+    from hpasc.recipe import StepFailed
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "steps:\n  - {name: a, kind: group}\n  - {name: b, kind: group, needs: [a]}\n"
+    )
+    r = load_recipe(recipe, data=tmp_path, work=tmp_path / "work")
+    assert [it.task.label for it in run_recipe(r, until="b", echo=lambda s: None)] == ["a", "b"]
+    assert (tmp_path / "work" / "b" / ".hpasc-done.json").is_file()
+    recipe.write_text("steps:\n  - {name: a, kind: group, size: 3}\n")
+    with pytest.raises(StepFailed, match="unknown key 'size'"):
+        run_recipe(load_recipe(recipe, data=tmp_path, work=tmp_path / "w2"), echo=lambda s: None)
 
 
 def _resolved(recipe, step, fold=None):
