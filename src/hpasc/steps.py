@@ -57,6 +57,12 @@ def folds_step(p: dict[str, Any], ctx: TaskContext) -> None:
     write_folds(pd.concat(frames, ignore_index=True), Path(ctx.out) / "folds.csv")
 
 
+@step_kind("group")
+def group_step(p: dict[str, Any], ctx: TaskContext) -> None:
+    """No keys, no work: a name for the steps in its ``needs`` (``hpasc run --until NAME``)."""
+    _take(p, ctx, (), {})
+
+
 @step_kind("synth")
 def synth_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """n_images, size, seed, bit_depth -> ${out}/{images,masks,train.csv,solution.csv}"""
