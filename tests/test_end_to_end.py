@@ -21,7 +21,9 @@ def shrunken_demo(tmp_path):
         if step["kind"].startswith("train-"):
             kind = "image-level" if step["kind"] == "train-image-level" else "cell-level"
             step["config"] = f"{kind}/tiny.yaml"
-            step["overrides"] = [o for o in step["overrides"] if not o.startswith("trainer.max_epochs")]
+            step["overrides"] = [
+                o for o in step["overrides"] if not o.startswith("trainer.max_epochs")
+            ]
             step["overrides"] += ["trainer.max_epochs=1", "data.batch_size=4"]
     path = tmp_path / "demo-small.yaml"
     path.write_text(yaml.safe_dump(demo, sort_keys=False))
@@ -43,11 +45,23 @@ def test_recipe_end_to_end_then_predict_fields(tmp_path, cli):
     assert r.returncode == 0 and "[run" not in r.stdout and r.stdout.count("[done  ]") >= 19
 
     out = tmp_path / "pred"
-    r = cli("predict", "fields", work / "test-fields" / "images", "--runs", work / "cam", "--runs", work / "cell",
-            "-o", out, timeout=600)
+    r = cli(
+        "predict",
+        "fields",
+        work / "test-fields" / "images",
+        "--runs",
+        work / "cam",
+        "--runs",
+        work / "cell",
+        "-o",
+        out,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = pd.read_csv(out / "cells.csv")
-    assert {"image_id", "cell_id", "area", "shown_class", "Nucleoplasm", "Negative"} <= set(table.columns)
+    assert {"image_id", "cell_id", "area", "shown_class", "Nucleoplasm", "Negative"} <= set(
+        table.columns
+    )
     assert table["image_id"].nunique() == 4 and table["Negative"].between(0, 1).all()
     assert len(list((out / "overlays").glob("*.png"))) == 4
     r = cli("report", out, "-o", out / "report.html")
