@@ -41,3 +41,19 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False, timeout: f
 @pytest.fixture
 def cli():
     return run_cli
+
+
+_MEASUREMENTS: list[str] = []
+
+
+@pytest.fixture
+def report_metric():
+    """Record a measured number (e.g. segmentation F1) to print in the summary of every test run."""
+    return _MEASUREMENTS.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _MEASUREMENTS:
+        terminalreporter.section("hpasc measurements")
+        for line in _MEASUREMENTS:
+            terminalreporter.write_line(line)

@@ -50,7 +50,7 @@ def test_registry_names_and_options():
 
 
 @pytest.mark.parametrize("size", [512, 1024])
-def test_recovers_synthetic_ground_truth(size):
+def test_recovers_synthetic_ground_truth(size, report_metric):
     from hpasc.synth import make_field
 
     matched = n_pred = n_true = 0
@@ -63,11 +63,11 @@ def test_recovers_synthetic_ground_truth(size):
         per_field.append(round(2 * m / (p + t), 3))
     f1 = 2 * matched / (n_pred + n_true)
     report = f"classical on synth {size} px, seeds 0-3: F1 {f1:.3f} (per field {per_field})"
-    print(report)
+    report_metric(report)
     assert f1 >= 0.9, report
 
 
-def test_kaggle_field_matches_hpa_mask():
+def test_kaggle_field_matches_hpa_mask(report_metric):
     image = _read_rgby(REAL / "kaggle-train/images", KAGGLE_ID)
     truth = cv2.imread(str(REAL / f"kaggle-train/masks/{KAGGLE_ID}.png"), cv2.IMREAD_UNCHANGED)
     result = get_segmenter("classical").segment(image)
@@ -76,7 +76,7 @@ def test_kaggle_field_matches_hpa_mask():
         f"classical vs HPA mask, field {KAGGLE_ID}: F1 {f1:.3f} (precision {precision:.3f}, "
         f"recall {recall:.3f}; {result.n_cells} cells found, {truth.max()} true)"
     )
-    print(report)
+    report_metric(report)
     assert f1 >= 0.85, report
     assert result.cells.shape == truth.shape and result.cells.dtype == np.uint16
     # Nucleus k lies inside cell k.

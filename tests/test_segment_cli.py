@@ -12,7 +12,7 @@ from hpasc.segment.sets import segment_set
 KAGGLE_ID = "5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0"
 
 
-def test_cli_segments_the_real_kaggle_field_and_resumes(cli, hpa_real, tmp_path):
+def test_cli_segments_the_real_kaggle_field_and_resumes(cli, hpa_real, tmp_path, report_metric):
     images = hpa_real / "kaggle-train/images"
     out, nuclei = tmp_path / "masks", tmp_path / "nuclei"
     result = cli("segment", images, out, "--nuclei-out", nuclei, check=True)
@@ -21,7 +21,7 @@ def test_cli_segments_the_real_kaggle_field_and_resumes(cli, hpa_real, tmp_path)
     truth = read_mask(Store(hpa_real / "kaggle-train/masks"), KAGGLE_ID)
     f1, precision, recall = match_f1(cells, truth)
     report = f"hpasc segment (classical) on {KAGGLE_ID}: F1 {f1:.3f} vs the HPA mask"
-    print(report)
+    report_metric(report)
     assert f1 >= 0.85, report
     nucleus_mask = read_mask(Store(nuclei), KAGGLE_ID)
     assert nucleus_mask.shape == cells.shape and set(np.unique(nucleus_mask)) <= set(
