@@ -466,8 +466,7 @@ def test_resize_set_bad_options(tmp_path):
 # --------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="shared HPA fixtures not present")
-def test_real_field_resize_and_crop(tmp_path):
+def test_real_field_resize_and_crop(tmp_path, hpa_real):
     resize_set(REAL / "images", tmp_path / "img", 384, progress=False)
     resize_set(REAL / "masks", tmp_path / "msk", 384, masks=True, progress=False)
     crop_set(

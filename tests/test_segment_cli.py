@@ -164,3 +164,17 @@ def test_cli_hpa_unet_with_a_weight_file(cli, tmp_path):
     assert "3 done" in result.stdout
     for i in range(3):
         assert read_mask(Store(out), f"f{i}").shape == (256, 256)
+
+
+def test_cli_crop_after_segment_on_the_real_field(cli, hpa_real, tmp_path):
+    images = hpa_real / "kaggle-train/images"
+    cli("segment", images, tmp_path / "masks", check=True)
+    cli("crop", images, tmp_path / "masks", tmp_path / "crops", "--size", "192", check=True)
+    import pandas as pd
+
+    from hpasc.prepare import read_crops
+
+    crops, ids = read_crops(str(tmp_path / "crops"), KAGGLE_ID)
+    table = pd.read_parquet(tmp_path / "crops" / "cells.parquet")
+    assert crops.shape == (len(ids), 8, 192, 192) and len(ids) == 8
+    assert sorted(table["cell_id"]) == sorted(ids.tolist())
