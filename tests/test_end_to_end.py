@@ -30,13 +30,16 @@ def shrunken_demo(tmp_path):
     return path
 
 
-def test_recipe_end_to_end_then_predict_fields(tmp_path, cli):
+def test_recipe_end_to_end_then_predict_fields(tmp_path, cli, report_metric):
     recipe = shrunken_demo(tmp_path)
     work = tmp_path / "work"
     r = cli("run", recipe, "--work", work, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     metric = json.loads((work / "metric" / "metric.json").read_text())
     assert 0.0 <= metric["mAP"] <= 1.0 and "baseline" in metric
+    report_metric(
+        f"shrunken demo recipe (1 epoch): mAP {metric['mAP']:.3f}, baseline {metric['baseline']['mAP']:.3f}"
+    )
     sub = pd.read_csv(work / "submission" / "submission.csv")
     assert len(sub) == 4 and sub["PredictionString"].str.len().gt(0).all()
     assert (work / "report" / "report.html").stat().st_size > 10_000
