@@ -25,14 +25,11 @@ def train_image_level(
     ),
 ) -> None:
     """Train an image-level CAM-consistency model on one fold or all folds."""
+    from hpasc.commands._training import train_folds
     from hpasc.train.cam_config import load_image_level_config
-    from hpasc.train.image_level import folds_to_train, train_fold
+    from hpasc.train.image_level import train_fold
 
-    cfg = load_image_level_config(config, overrides or [])
-    run_dir = run_dir or Path("runs") / (cfg.name or config.stem)
-    for k in folds_to_train(cfg, fold):
-        out = train_fold(cfg, k, run_dir, resume=resume)
-        typer.echo(f"fold {k}: trained -> {out}")
+    train_folds(load_image_level_config, train_fold, config, overrides, fold, resume, run_dir)
 
 
 def predict_image_level(
@@ -77,43 +74,21 @@ def predict_image_level(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
 ) -> None:
     """Predict per-cell probabilities with image-level runs (CAM mean in each cell, optional D4 TTA)."""
-    import pandas as pd
+    from hpasc.commands._training import check_split, predict_folds
+    from hpasc.predict import PredictOptions, predict_fields, predict_valid
 
-    from hpasc.errors import ConfigError
-    from hpasc.predict import PredictOptions, predict_fields, predict_valid, write_predictions
-    from hpasc.train import runs
-
-    if split not in ("valid", "test"):
-        raise ConfigError(f"--split must be valid or test, got {split!r}")
+    check_split(split)
     options = PredictOptions(tta, upsample, checkpoint, batch_size, workers, device)
-    folds = runs.find_fold_dirs(run)
-    if split == "test":
-        if not images or not masks or output is None:
-            raise ConfigError("--split test needs --images, --masks and -o")
-        cells, image_table = predict_fields(folds, images, masks, options)
-        paths = write_predictions(cells, image_table, output, image_output)
-        typer.echo(
-            f"{len(image_table)} fields, {len(cells)} cells ({len(folds)} fold model(s)) -> {paths[0]}, {paths[1]}"
-        )
-        return
-    parts = []
-    for fp in folds:
-        cells, image_table = predict_valid(fp, options, images, masks)
-        if output is None:
-            paths = write_predictions(
-                cells, image_table, fp / runs.VALID_CELLS, fp / runs.VALID_IMAGES
-            )
-            typer.echo(
-                f"{fp}: {len(image_table)} validation fields, {len(cells)} cells -> {paths[0]}"
-            )
-        parts.append((cells, image_table))
-    if output is not None:
-        cells = pd.concat([c for c, _ in parts], ignore_index=True)
-        image_table = pd.concat([i for _, i in parts], ignore_index=True)
-        paths = write_predictions(cells, image_table, output, image_output)
-        typer.echo(
-            f"{len(image_table)} validation fields, {len(cells)} cells -> {paths[0]}, {paths[1]}"
-        )
+    predict_folds(
+        run,
+        split,
+        output,
+        image_output,
+        lambda folds: predict_fields(folds, images, masks, options),
+        lambda fold: predict_valid(fold, options, images, masks),
+        test_needs="--images, --masks",
+        test_ready=bool(images and masks),
+    )
 
 
 def oof(
