@@ -25,7 +25,7 @@ def train_folds(
     run_dir: Path | None,
 ) -> None:
     """Load ``config`` with ``overrides`` and train each selected fold into ``run_dir``."""
-    from hpasc.train.image_level import folds_to_train
+    from hpasc.train.fitting import folds_to_train
 
     cfg = load_config(config, overrides or [])
     run_dir = run_dir or Path("runs") / (cfg.name or config.stem)
