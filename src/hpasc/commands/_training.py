@@ -14,6 +14,25 @@ import typer
 
 Tables = tuple[Any, Any]  # (cell table, image-level table)
 
+# options both `train` verbs and both `predict` verbs take, with the same meaning
+FOLD = typer.Option("all", "--fold", help="Fold to train: an index, a list like 0,2, or 'all'.")
+RESUME = typer.Option(False, "--resume", help="Continue from each fold's checkpoints/last.ckpt.")
+RUN_DIR = typer.Option(
+    None, "--run-dir", help="Run folder (default: runs/<config name>); folds go to fold-<k>/."
+)
+TTA = typer.Option(None, "--tta", help="d4 (8 passes) or none (default: the run's predict.tta).")
+CHECKPOINT = typer.Option(
+    None, "--checkpoint", help="last, best or a checkpoint path (default: the run's)."
+)
+OUTPUT = typer.Option(
+    None,
+    "-o",
+    "--output",
+    help="Cell table (.parquet). For --split valid without it, each fold writes valid_cells.parquet.",
+)
+WORKERS = typer.Option(0, "--workers", help="DataLoader worker processes.")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ...")
+
 
 def train_folds(
     load_config: Callable[..., Any],

@@ -6,6 +6,20 @@ from pathlib import Path
 
 import typer
 
+from hpasc.commands._training import (
+    CHECKPOINT,
+    DEVICE,
+    FOLD,
+    OUTPUT,
+    RESUME,
+    RUN_DIR,
+    TTA,
+    WORKERS,
+    check_split,
+    predict_folds,
+    train_folds,
+)
+
 
 def train_image_level(
     config: Path = typer.Argument(
@@ -14,18 +28,11 @@ def train_image_level(
     overrides: list[str] = typer.Argument(
         None, help="Config overrides a.b=value (e.g. data.root=/data/hpa optim.lr=3e-4)."
     ),
-    fold: str = typer.Option(
-        "all", "--fold", help="Fold to train: an index, a list like 0,2, or 'all'."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue from each fold's checkpoints/last.ckpt."
-    ),
-    run_dir: Path = typer.Option(
-        None, "--run-dir", help="Run folder (default: runs/<config name>); folds go to fold-<k>/."
-    ),
+    fold: str = FOLD,
+    resume: bool = RESUME,
+    run_dir: Path = RUN_DIR,
 ) -> None:
     """Train an image-level CAM-consistency model on one fold or all folds."""
-    from hpasc.commands._training import train_folds
     from hpasc.train.cam_config import load_image_level_config
     from hpasc.train.image_level import train_fold
 
@@ -49,32 +56,22 @@ def predict_image_level(
         "--split",
         help="valid: each fold predicts its own validation fields; test: every field of --images, mean of the folds.",
     ),
-    tta: str = typer.Option(
-        None, "--tta", help="d4 (8 passes) or none (default: the run's predict.tta)."
-    ),
+    tta: str = TTA,
     upsample: str = typer.Option(
         None, "--upsample", help="CAM up-sampling: bilinear or nearest (default: the run's)."
     ),
-    checkpoint: str = typer.Option(
-        None, "--checkpoint", help="last, best or a checkpoint path (default: the run's)."
-    ),
-    output: Path = typer.Option(
-        None,
-        "-o",
-        "--output",
-        help="Cell table (.parquet). For --split valid without it, each fold writes valid_cells.parquet.",
-    ),
+    checkpoint: str = CHECKPOINT,
+    output: Path = OUTPUT,
     image_output: Path = typer.Option(
         None, "--image-output", help="Image-level table (default: <output>.images.parquet)."
     ),
     batch_size: int = typer.Option(
         None, "--batch-size", help="Fields per forward pass (default: the run's)."
     ),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    workers: int = WORKERS,
+    device: str = DEVICE,
 ) -> None:
     """Predict per-cell probabilities with image-level runs (CAM mean in each cell, optional D4 TTA)."""
-    from hpasc.commands._training import check_split, predict_folds
     from hpasc.predict import PredictOptions, predict_fields, predict_valid
 
     check_split(split)

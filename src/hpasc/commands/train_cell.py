@@ -6,6 +6,20 @@ from pathlib import Path
 
 import typer
 
+from hpasc.commands._training import (
+    CHECKPOINT,
+    DEVICE,
+    FOLD,
+    OUTPUT,
+    RESUME,
+    RUN_DIR,
+    TTA,
+    WORKERS,
+    check_split,
+    predict_folds,
+    train_folds,
+)
+
 
 def train_cell_level(
     config: Path = typer.Argument(
@@ -14,18 +28,11 @@ def train_cell_level(
     overrides: list[str] = typer.Argument(
         None, help="Config overrides a.b=value (e.g. data.root=/data/hpa data.batch_size=64)."
     ),
-    fold: str = typer.Option(
-        "all", "--fold", help="Fold to train: an index, a list like 0,2, or 'all'."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue from each fold's checkpoints/last.ckpt."
-    ),
-    run_dir: Path = typer.Option(
-        None, "--run-dir", help="Run folder (default: runs/<config name>); folds go to fold-<k>/."
-    ),
+    fold: str = FOLD,
+    resume: bool = RESUME,
+    run_dir: Path = RUN_DIR,
 ) -> None:
     """Train a cell-level crop classifier (soft or image labels) on one fold or all folds."""
-    from hpasc.commands._training import train_folds
     from hpasc.train.cell_config import load_cell_level_config
     from hpasc.train.cell_level import train_fold
 
@@ -46,18 +53,9 @@ def predict_cell_level(
         "--split",
         help="valid: each fold predicts its own validation fields; test: every field of --crops, mean of the folds.",
     ),
-    tta: str = typer.Option(
-        None, "--tta", help="d4 (8 passes) or none (default: the run's predict.tta)."
-    ),
-    checkpoint: str = typer.Option(
-        None, "--checkpoint", help="last, best or a checkpoint path (default: the run's)."
-    ),
-    output: Path = typer.Option(
-        None,
-        "-o",
-        "--output",
-        help="Cell table (.parquet). For --split valid without it, each fold writes valid_cells.parquet.",
-    ),
+    tta: str = TTA,
+    checkpoint: str = CHECKPOINT,
+    output: Path = OUTPUT,
     image_output: Path = typer.Option(
         None,
         "--image-output",
@@ -66,11 +64,10 @@ def predict_cell_level(
     batch_size: int = typer.Option(
         None, "--batch-size", help="Crops per forward pass (default: the run's)."
     ),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    workers: int = WORKERS,
+    device: str = DEVICE,
 ) -> None:
     """Predict per-cell probabilities with cell-level runs (optional D4 TTA, mean of the folds)."""
-    from hpasc.commands._training import check_split, predict_folds
     from hpasc.errors import ConfigError
     from hpasc.predict import PredictOptions
     from hpasc.predict_cells import predict_cell_fields, predict_cell_valid
