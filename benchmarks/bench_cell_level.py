@@ -119,12 +119,12 @@ def main() -> None:
 
     import torch
 
-    from hpasc.cells import average_tables
+    from hpasc.cells import average_tables, broadcast_image_table
     from hpasc.io.store import Store
     from hpasc.predict import PredictOptions, predict_fields
     from hpasc.prepare import crop_set
     from hpasc.synth import synthesize
-    from hpasc.train.cell_metric import competition_map, read_solution
+    from hpasc.train.cell_metric import read_solution
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(args.work or tempfile.mkdtemp(prefix="hpasc-bench-cell-"))
@@ -160,7 +160,7 @@ def main() -> None:
         ("CAM model alone (mean of its folds)", cam),
         ("cell model alone (CAM OOF soft labels)", cell),
         ("average of CAM and cell model", average_tables([cam, cell])),
-        ("baseline: CAM image-level prob. broadcast", ws.broadcast(cam, images)),
+        ("baseline: CAM image-level prob. broadcast", broadcast_image_table(cam, images)),
     ]
     if args.image_label_cell:
         t0 = time.perf_counter()
@@ -172,7 +172,6 @@ def main() -> None:
     masks = Store(str(data / "masks"))
     fields = [(fid, masks) for fid in held_out]
     solution = read_solution(str(data / "solution.csv"))
-    scores = {name: competition_map(table, fields, solution) for name, table in rows}
     print(
         f"\ncell-level model on hpasc synth: {args.fields} fields of {args.size} px, {args.crop}-px crops; "
         f"{len(train_ids)} training / {len(held_out)} held-out fields ({len(cam)} held-out cells)"
@@ -181,11 +180,15 @@ def main() -> None:
         f"CAM: {cam_cfg.model.arch}, {args.cam_folds} folds × {cam_cfg.trainer.max_epochs} epochs; "
         f"cell: {cell_cfg.model.arch}, {cell_cfg.trainer.max_epochs} epochs; TTA d4"
     )
-    print(f"{'held-out fields scored with':<46} {'mAP@0.6':>8}")
-    for name, _ in rows:
-        print(f"{name:<46} {scores[name]:>8.4f}")
-    gain = scores[rows[2][0]] - scores[rows[0][0]]
-    print(f"{'gain of the average over the CAM model alone':<46} {gain:>+8.4f}")
+    ws.score_rows(
+        rows,
+        fields,
+        solution,
+        "held-out fields scored with",
+        (2, 0),
+        "gain of the average over the CAM model alone",
+        46,
+    )
     print(
         "time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; work folder {work}"
     )

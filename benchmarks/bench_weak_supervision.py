@@ -21,14 +21,23 @@ from pathlib import Path
 import numpy as np
 
 
-def broadcast(cells, images):
-    """Cell table whose rows carry their field's image-level probabilities."""
-    from hpasc.cells import PROB_COLUMNS
+def score_rows(
+    rows, fields, solution, header: str, gain: tuple[int, int], gain_label: str, width: int
+):
+    """Score each (name, cell table) of ``rows`` and print the table (names ``width`` wide)
+    with one gain line: score of row ``gain[0]`` − score of row ``gain[1]``.
 
-    merged = cells[["image_id", "cell_id"]].merge(
-        images, on="image_id", how="left", validate="many_to_one"
-    )
-    return merged[["image_id", "cell_id", *PROB_COLUMNS]]
+    Returns (scores by name, gain).
+    """
+    from hpasc.train.cell_metric import competition_map
+
+    scores = {name: competition_map(table, fields, solution) for name, table in rows}
+    print(f"{header:<{width}} {'mAP@0.6':>8}")
+    for name, _ in rows:
+        print(f"{name:<{width}} {scores[name]:>8.4f}")
+    diff = scores[rows[gain[0]][0]] - scores[rows[gain[1]][0]]
+    print(f"{gain_label:<{width}} {diff:>+8.4f}")
+    return scores, diff
 
 
 def main() -> None:
@@ -54,12 +63,12 @@ def main() -> None:
 
 
 def run_benchmark(args, work: Path) -> None:
-    from hpasc.cells import PROB_COLUMNS, make_table
+    from hpasc.cells import PROB_COLUMNS, broadcast_image_table, make_table
     from hpasc.classes import read_labels
     from hpasc.io.store import Store
     from hpasc.synth import synthesize
     from hpasc.train.cam_config import load_image_level_config
-    from hpasc.train.cell_metric import competition_map, read_solution
+    from hpasc.train.cell_metric import read_solution
     from hpasc.train.image_level import train_fold
 
     data = work / "data"
@@ -94,21 +103,21 @@ def run_benchmark(args, work: Path) -> None:
             "cells: CAM mean inside each cell (hpasc)",
             make_table(cells.image_id, cells.cell_id, cells[PROB_COLUMNS]),
         ),
-        ("baseline: image-level prob. broadcast to cells", broadcast(cells, images)),
-        ("oracle: true image labels broadcast to cells", broadcast(cells, oracle_images)),
+        ("baseline: image-level prob. broadcast to cells", broadcast_image_table(cells, images)),
+        (
+            "oracle: true image labels broadcast to cells",
+            broadcast_image_table(cells, oracle_images),
+        ),
     ]
-    scores = {name: competition_map(table, fields, solution) for name, table in rows}
     n_train = args.fields - len(images)
     print(
         f"\nweak supervision on hpasc synth: {args.fields} fields of {args.size} px "
         f"({n_train} train / {len(images)} held out, {len(cells)} held-out cells), "
         f"{cfg.model.arch}, {cfg.trainer.max_epochs} epochs, TTA {cfg.predict.tta}"
     )
-    print(f"{'scoring':<50} {'mAP@0.6':>8}")
-    for name, _ in rows:
-        print(f"{name:<50} {scores[name]:>8.4f}")
-    gain = scores[rows[0][0]] - scores[rows[1][0]]
-    print(f"{'gain of per-cell CAM over the baseline':<50} {gain:>+8.4f}")
+    _, gain = score_rows(
+        rows, fields, solution, "scoring", (0, 1), "gain of per-cell CAM over the baseline", 50
+    )
     print(f"target: gain >= +0.10 -> {'met' if gain >= 0.10 else 'NOT met'}")
     kept = f"; kept in {work}" if args.work else ""
     print(f"time: synth {t_synth:.0f} s, train + predict {t_train:.0f} s{kept}")

@@ -101,6 +101,28 @@ def write_predictions(
 # ---------------------------------------------------------------------------------- models
 
 
+def load_fold_model(
+    fold_path: str | Path,
+    load_config,
+    model_cls,
+    checkpoint: str | None = None,
+    device: str | torch.device = "cpu",
+):
+    """A fold folder's network (``model_cls(cfg.model)``, checkpoint weights) in eval mode, and
+    its config (``load_config(fold_path/config.yaml)``).
+
+    ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
+    """
+    from hpasc.models.weights import load_weights
+
+    fold_path = Path(fold_path)
+    cfg = load_config(fold_path / runs.CONFIG_NAME)
+    # weights come from the checkpoint: no ImageNet download, no init_from file needed
+    model = model_cls(dataclasses.replace(cfg.model, pretrained=False, init_from=None))
+    load_weights(model, runs.resolve_checkpoint(fold_path, checkpoint or cfg.predict.checkpoint))
+    return model.to(device).eval(), cfg
+
+
 def load_fold(
     fold_path: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu"
 ):
@@ -108,15 +130,9 @@ def load_fold(
 
     ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
     """
-    from hpasc.models.weights import load_weights
     from hpasc.train.cam_config import load_image_level_config
 
-    fold_path = Path(fold_path)
-    cfg = load_image_level_config(fold_path / runs.CONFIG_NAME)
-    # weights come from the checkpoint: no ImageNet download, no init_from file needed
-    model = CAMClassifier(dataclasses.replace(cfg.model, pretrained=False, init_from=None))
-    load_weights(model, runs.resolve_checkpoint(fold_path, checkpoint or cfg.predict.checkpoint))
-    return model.to(device).eval(), cfg
+    return load_fold_model(fold_path, load_image_level_config, CAMClassifier, checkpoint, device)
 
 
 def inference_autocast(device: torch.device):

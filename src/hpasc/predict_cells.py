@@ -15,7 +15,6 @@ cells does); 0 for a field without cells.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +25,13 @@ import torch
 from hpasc.classes import NUM_CLASSES
 from hpasc.data.augment import D4_SIZE, d4_transform
 from hpasc.errors import InputError
-from hpasc.predict import PredictOptions, inference_autocast, make_image_table, resolve_device
+from hpasc.predict import (
+    PredictOptions,
+    inference_autocast,
+    load_fold_model,
+    make_image_table,
+    resolve_device,
+)
 from hpasc.train import runs
 
 TTA_MODES = ("d4", "none")
@@ -40,15 +45,9 @@ def load_cell_fold(
     ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
     """
     from hpasc.models.cell import CellClassifier
-    from hpasc.models.weights import load_weights
     from hpasc.train.cell_config import load_cell_level_config
 
-    fold_path = Path(fold_path)
-    cfg = load_cell_level_config(fold_path / runs.CONFIG_NAME)
-    # weights come from the checkpoint: no ImageNet download, no init_from file needed
-    model = CellClassifier(dataclasses.replace(cfg.model, pretrained=False, init_from=None))
-    load_weights(model, runs.resolve_checkpoint(fold_path, checkpoint or cfg.predict.checkpoint))
-    return model.to(device).eval(), cfg
+    return load_fold_model(fold_path, load_cell_level_config, CellClassifier, checkpoint, device)
 
 
 @torch.no_grad()

@@ -6,6 +6,20 @@ from pathlib import Path
 
 import typer
 
+from hpasc.commands._training import (
+    CHECKPOINT,
+    DEVICE,
+    FOLD,
+    OUTPUT,
+    RESUME,
+    RUN_DIR,
+    TTA,
+    WORKERS,
+    check_split,
+    predict_folds,
+    train_folds,
+)
+
 
 def train_image_level(
     config: Path = typer.Argument(
@@ -14,25 +28,15 @@ def train_image_level(
     overrides: list[str] = typer.Argument(
         None, help="Config overrides a.b=value (e.g. data.root=/data/hpa optim.lr=3e-4)."
     ),
-    fold: str = typer.Option(
-        "all", "--fold", help="Fold to train: an index, a list like 0,2, or 'all'."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue from each fold's checkpoints/last.ckpt."
-    ),
-    run_dir: Path = typer.Option(
-        None, "--run-dir", help="Run folder (default: runs/<config name>); folds go to fold-<k>/."
-    ),
+    fold: str = FOLD,
+    resume: bool = RESUME,
+    run_dir: Path = RUN_DIR,
 ) -> None:
     """Train an image-level CAM-consistency model on one fold or all folds."""
     from hpasc.train.cam_config import load_image_level_config
-    from hpasc.train.image_level import folds_to_train, train_fold
+    from hpasc.train.image_level import train_fold
 
-    cfg = load_image_level_config(config, overrides or [])
-    run_dir = run_dir or Path("runs") / (cfg.name or config.stem)
-    for k in folds_to_train(cfg, fold):
-        out = train_fold(cfg, k, run_dir, resume=resume)
-        typer.echo(f"fold {k}: trained -> {out}")
+    train_folds(load_image_level_config, train_fold, config, overrides, fold, resume, run_dir)
 
 
 def predict_image_level(
@@ -52,68 +56,36 @@ def predict_image_level(
         "--split",
         help="valid: each fold predicts its own validation fields; test: every field of --images, mean of the folds.",
     ),
-    tta: str = typer.Option(
-        None, "--tta", help="d4 (8 passes) or none (default: the run's predict.tta)."
-    ),
+    tta: str = TTA,
     upsample: str = typer.Option(
         None, "--upsample", help="CAM up-sampling: bilinear or nearest (default: the run's)."
     ),
-    checkpoint: str = typer.Option(
-        None, "--checkpoint", help="last, best or a checkpoint path (default: the run's)."
-    ),
-    output: Path = typer.Option(
-        None,
-        "-o",
-        "--output",
-        help="Cell table (.parquet). For --split valid without it, each fold writes valid_cells.parquet.",
-    ),
+    checkpoint: str = CHECKPOINT,
+    output: Path = OUTPUT,
     image_output: Path = typer.Option(
         None, "--image-output", help="Image-level table (default: <output>.images.parquet)."
     ),
     batch_size: int = typer.Option(
         None, "--batch-size", help="Fields per forward pass (default: the run's)."
     ),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    workers: int = WORKERS,
+    device: str = DEVICE,
 ) -> None:
     """Predict per-cell probabilities with image-level runs (CAM mean in each cell, optional D4 TTA)."""
-    import pandas as pd
+    from hpasc.predict import PredictOptions, predict_fields, predict_valid
 
-    from hpasc.errors import ConfigError
-    from hpasc.predict import PredictOptions, predict_fields, predict_valid, write_predictions
-    from hpasc.train import runs
-
-    if split not in ("valid", "test"):
-        raise ConfigError(f"--split must be valid or test, got {split!r}")
+    check_split(split)
     options = PredictOptions(tta, upsample, checkpoint, batch_size, workers, device)
-    folds = runs.find_fold_dirs(run)
-    if split == "test":
-        if not images or not masks or output is None:
-            raise ConfigError("--split test needs --images, --masks and -o")
-        cells, image_table = predict_fields(folds, images, masks, options)
-        paths = write_predictions(cells, image_table, output, image_output)
-        typer.echo(
-            f"{len(image_table)} fields, {len(cells)} cells ({len(folds)} fold model(s)) -> {paths[0]}, {paths[1]}"
-        )
-        return
-    parts = []
-    for fp in folds:
-        cells, image_table = predict_valid(fp, options, images, masks)
-        if output is None:
-            paths = write_predictions(
-                cells, image_table, fp / runs.VALID_CELLS, fp / runs.VALID_IMAGES
-            )
-            typer.echo(
-                f"{fp}: {len(image_table)} validation fields, {len(cells)} cells -> {paths[0]}"
-            )
-        parts.append((cells, image_table))
-    if output is not None:
-        cells = pd.concat([c for c, _ in parts], ignore_index=True)
-        image_table = pd.concat([i for _, i in parts], ignore_index=True)
-        paths = write_predictions(cells, image_table, output, image_output)
-        typer.echo(
-            f"{len(image_table)} validation fields, {len(cells)} cells -> {paths[0]}, {paths[1]}"
-        )
+    predict_folds(
+        run,
+        split,
+        output,
+        image_output,
+        lambda folds: predict_fields(folds, images, masks, options),
+        lambda fold: predict_valid(fold, options, images, masks),
+        test_needs="--images, --masks",
+        test_ready=bool(images and masks),
+    )
 
 
 def oof(

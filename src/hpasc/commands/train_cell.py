@@ -6,6 +6,20 @@ from pathlib import Path
 
 import typer
 
+from hpasc.commands._training import (
+    CHECKPOINT,
+    DEVICE,
+    FOLD,
+    OUTPUT,
+    RESUME,
+    RUN_DIR,
+    TTA,
+    WORKERS,
+    check_split,
+    predict_folds,
+    train_folds,
+)
+
 
 def train_cell_level(
     config: Path = typer.Argument(
@@ -14,26 +28,15 @@ def train_cell_level(
     overrides: list[str] = typer.Argument(
         None, help="Config overrides a.b=value (e.g. data.root=/data/hpa data.batch_size=64)."
     ),
-    fold: str = typer.Option(
-        "all", "--fold", help="Fold to train: an index, a list like 0,2, or 'all'."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue from each fold's checkpoints/last.ckpt."
-    ),
-    run_dir: Path = typer.Option(
-        None, "--run-dir", help="Run folder (default: runs/<config name>); folds go to fold-<k>/."
-    ),
+    fold: str = FOLD,
+    resume: bool = RESUME,
+    run_dir: Path = RUN_DIR,
 ) -> None:
     """Train a cell-level crop classifier (soft or image labels) on one fold or all folds."""
     from hpasc.train.cell_config import load_cell_level_config
     from hpasc.train.cell_level import train_fold
-    from hpasc.train.image_level import folds_to_train
 
-    cfg = load_cell_level_config(config, overrides or [])
-    run_dir = run_dir or Path("runs") / (cfg.name or config.stem)
-    for k in folds_to_train(cfg, fold):
-        out = train_fold(cfg, k, run_dir, resume=resume)
-        typer.echo(f"fold {k}: trained -> {out}")
+    train_folds(load_cell_level_config, train_fold, config, overrides, fold, resume, run_dir)
 
 
 def predict_cell_level(
@@ -50,18 +53,9 @@ def predict_cell_level(
         "--split",
         help="valid: each fold predicts its own validation fields; test: every field of --crops, mean of the folds.",
     ),
-    tta: str = typer.Option(
-        None, "--tta", help="d4 (8 passes) or none (default: the run's predict.tta)."
-    ),
-    checkpoint: str = typer.Option(
-        None, "--checkpoint", help="last, best or a checkpoint path (default: the run's)."
-    ),
-    output: Path = typer.Option(
-        None,
-        "-o",
-        "--output",
-        help="Cell table (.parquet). For --split valid without it, each fold writes valid_cells.parquet.",
-    ),
+    tta: str = TTA,
+    checkpoint: str = CHECKPOINT,
+    output: Path = OUTPUT,
     image_output: Path = typer.Option(
         None,
         "--image-output",
@@ -70,46 +64,30 @@ def predict_cell_level(
     batch_size: int = typer.Option(
         None, "--batch-size", help="Crops per forward pass (default: the run's)."
     ),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    workers: int = WORKERS,
+    device: str = DEVICE,
 ) -> None:
     """Predict per-cell probabilities with cell-level runs (optional D4 TTA, mean of the folds)."""
-    import pandas as pd
-
     from hpasc.errors import ConfigError
-    from hpasc.predict import PredictOptions, write_predictions
+    from hpasc.predict import PredictOptions
     from hpasc.predict_cells import predict_cell_fields, predict_cell_valid
-    from hpasc.train import runs
 
-    if split not in ("valid", "test"):
-        raise ConfigError(f"--split must be valid or test, got {split!r}")
+    check_split(split)
     if tta is not None and tta not in ("d4", "none"):
         raise ConfigError(f"--tta must be d4 or none, got {tta!r}")
     options = PredictOptions(
         tta=tta, checkpoint=checkpoint, batch_size=batch_size, num_workers=workers, device=device
     )
-    folds = runs.find_fold_dirs(run)
-    if split == "test":
-        if not crops or output is None:
-            raise ConfigError("--split test needs --crops and -o")
-        cells, fields = predict_cell_fields(folds, crops, options)
-        paths = write_predictions(cells, fields, output, image_output)
-        typer.echo(
-            f"{len(fields)} fields, {len(cells)} cells ({len(folds)} fold model(s)) -> {paths[0]}, {paths[1]}"
-        )
-        return
-    parts = []
-    for fp in folds:
-        cells, fields = predict_cell_valid(fp, options, crops)
-        if output is None:
-            paths = write_predictions(cells, fields, fp / runs.VALID_CELLS, fp / runs.VALID_IMAGES)
-            typer.echo(f"{fp}: {len(fields)} validation fields, {len(cells)} cells -> {paths[0]}")
-        parts.append((cells, fields))
-    if output is not None:
-        cells = pd.concat([c for c, _ in parts], ignore_index=True)
-        fields = pd.concat([f for _, f in parts], ignore_index=True)
-        paths = write_predictions(cells, fields, output, image_output)
-        typer.echo(f"{len(fields)} validation fields, {len(cells)} cells -> {paths[0]}, {paths[1]}")
+    predict_folds(
+        run,
+        split,
+        output,
+        image_output,
+        lambda folds: predict_cell_fields(folds, crops, options),
+        lambda fold: predict_cell_valid(fold, options, crops),
+        test_needs="--crops",
+        test_ready=bool(crops),
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpasc.classes import NUM_CLASSES
+from hpasc.models.backbone import build_with_init, create_backbone, input_norm
 from hpasc.models.heads import build_head
 from hpasc.models.pooling import cell_mean_pool
 
@@ -46,20 +47,9 @@ class CAMClassifier(nn.Module):
 
     def __init__(self, cfg: CAMModelConfig) -> None:
         super().__init__()
-        import timm
-
         self.cfg = cfg
-        # no affine, no running statistics: a per-image, per-channel standardisation
-        self.input_norm = (
-            nn.InstanceNorm2d(cfg.in_chans) if cfg.instance_norm_input else nn.Identity()
-        )
-        self.backbone = timm.create_model(
-            cfg.arch,
-            pretrained=cfg.pretrained,
-            num_classes=0,
-            in_chans=cfg.in_chans,
-            **cfg.backbone_kwargs,
-        )
+        self.input_norm = input_norm(cfg)
+        self.backbone = create_backbone(cfg)
         self.head = build_head(
             cfg.head, self.backbone.num_features, cfg.num_classes, cfg.cosine_scale
         )
@@ -77,13 +67,7 @@ class CAMClassifier(nn.Module):
 
 def build_cam_model(cfg: CAMModelConfig, fold: int | None = None) -> CAMClassifier:
     """The network of ``cfg``, with ``init_from`` weights loaded when set."""
-    from hpasc.models.weights import load_weights
-
-    model = CAMClassifier(cfg)
-    if cfg.init_from:
-        path = cfg.init_from.replace("{fold}", str(fold if fold is not None else 0))
-        load_weights(model, path)
-    return model
+    return build_with_init(CAMClassifier, cfg, fold)
 
 
 def upsample_cam(cam: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hpasc.classes import NUM_CLASSES
+from hpasc.models.backbone import build_with_init, create_backbone, input_norm
 from hpasc.models.heads import build_head
 
 HEADS = ("linear", "cosine")
@@ -46,21 +47,11 @@ class CellClassifier(nn.Module):
 
     def __init__(self, cfg: CellModelConfig) -> None:
         super().__init__()
-        import timm
-
         if cfg.head not in HEADS:
             raise ValueError(f"unknown cell-model head {cfg.head!r}; expected one of {HEADS}")
         self.cfg = cfg
-        self.input_norm = (
-            nn.InstanceNorm2d(cfg.in_chans) if cfg.instance_norm_input else nn.Identity()
-        )
-        self.backbone = timm.create_model(
-            cfg.arch,
-            pretrained=cfg.pretrained,
-            num_classes=0,
-            in_chans=cfg.in_chans,
-            **cfg.backbone_kwargs,
-        )
+        self.input_norm = input_norm(cfg)
+        self.backbone = create_backbone(cfg)
         features = self.backbone.num_features
         if cfg.head == "linear":
             self.head: nn.Module = nn.Linear(features, cfg.num_classes)
@@ -74,10 +65,4 @@ class CellClassifier(nn.Module):
 
 def build_cell_model(cfg: CellModelConfig, fold: int | None = None) -> CellClassifier:
     """The network of ``cfg``, with ``init_from`` weights loaded when set."""
-    from hpasc.models.weights import load_weights
-
-    model = CellClassifier(cfg)
-    if cfg.init_from:
-        path = cfg.init_from.replace("{fold}", str(fold if fold is not None else 0))
-        load_weights(model, path)
-    return model
+    return build_with_init(CellClassifier, cfg, fold)

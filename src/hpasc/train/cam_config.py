@@ -97,6 +97,8 @@ class PredictConfig:
 
 @dataclass
 class ValidationConfig:
+    """Validation section of image-level and cell-level configs."""
+
     cell_metric: bool = True  # competition metric on cells when sources give a solution
 
 
@@ -114,32 +116,39 @@ class ImageLevelConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
-def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+def check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    """:class:`ConfigError` naming ``key`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
 
 
-def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
-    """Check values the schema types cannot express; raise :class:`ConfigError` naming the key."""
-    _choice(cfg.loss.objective, OBJECTIVES, "loss.objective")
-    _choice(cfg.consistency.criterion, CONSISTENCY_CRITERIA, "consistency.criterion")
-    _choice(cfg.consistency.targets, ("all", "positive_only"), "consistency.targets")
-    _choice(cfg.model.head, ("conv", "cosine"), "model.head")
-    _choice(cfg.predict.tta or "none", ("d4", "none"), "predict.tta")
-    _choice(cfg.predict.upsample, ("bilinear", "nearest"), "predict.upsample")
-    t = cfg.consistency.hard_label_threshold
-    if t is not None and not 0.5 <= t <= 1.0:
-        raise ConfigError(f"consistency.hard_label_threshold: {t} must be in [0.5, 1]")
-    if cfg.data.n_folds < 2:
-        raise ConfigError(f"data.n_folds: {cfg.data.n_folds} must be at least 2")
-    if cfg.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} must be at least 1")
-    for i, src in enumerate(cfg.data.sources):
-        for key in ("images", "masks", "labels"):
+def check_data(data: Any, required: tuple[str, ...]) -> None:
+    """Checks of a ``data`` section both schemas share: fold count, batch size, and the
+    ``required`` paths of every source."""
+    if data.n_folds < 2:
+        raise ConfigError(f"data.n_folds: {data.n_folds} must be at least 2")
+    if data.batch_size < 1:
+        raise ConfigError(f"data.batch_size: {data.batch_size} must be at least 1")
+    for i, src in enumerate(data.sources):
+        for key in required:
             if not getattr(src, key):
                 raise ConfigError(
                     f"data.sources[{i}].{key} is required (a path relative to data.root)"
                 )
+
+
+def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
+    """Check values the schema types cannot express; raise :class:`ConfigError` naming the key."""
+    check_choice(cfg.loss.objective, OBJECTIVES, "loss.objective")
+    check_choice(cfg.consistency.criterion, CONSISTENCY_CRITERIA, "consistency.criterion")
+    check_choice(cfg.consistency.targets, ("all", "positive_only"), "consistency.targets")
+    check_choice(cfg.model.head, ("conv", "cosine"), "model.head")
+    check_choice(cfg.predict.tta or "none", ("d4", "none"), "predict.tta")
+    check_choice(cfg.predict.upsample, ("bilinear", "nearest"), "predict.upsample")
+    t = cfg.consistency.hard_label_threshold
+    if t is not None and not 0.5 <= t <= 1.0:
+        raise ConfigError(f"consistency.hard_label_threshold: {t} must be in [0.5, 1]")
+    check_data(cfg.data, ("images", "masks", "labels"))
     pseudo = [bool(s.pseudo_labels) for s in cfg.data.sources]
     if any(pseudo) and not all(pseudo):
         raise ConfigError("data.sources: set pseudo_labels on every source or on none")

@@ -15,6 +15,7 @@ from hpasc.data.crops import CropSourceConfig
 from hpasc.errors import ConfigError
 from hpasc.models.cell import HEADS, CellModelConfig
 from hpasc.models.losses import OBJECTIVES
+from hpasc.train.cam_config import ValidationConfig, check_choice, check_data
 from hpasc.train.optim import OptimConfig
 from hpasc.train.trainer import TrainerConfig
 
@@ -56,11 +57,6 @@ class CellPredictConfig:
 
 
 @dataclass
-class CellValidationConfig:
-    cell_metric: bool = True  # competition metric on cells when sources give a solution
-
-
-@dataclass
 class CellLevelConfig:
     name: str = ""
     model: CellModelConfig = field(default_factory=CellModelConfig)
@@ -70,33 +66,20 @@ class CellLevelConfig:
     loss: CellLossConfig = field(default_factory=CellLossConfig)
     augment: CellAugmentConfig = field(default_factory=CellAugmentConfig)
     predict: CellPredictConfig = field(default_factory=CellPredictConfig)
-    validation: CellValidationConfig = field(default_factory=CellValidationConfig)
-
-
-def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 def validate(cfg: CellLevelConfig) -> CellLevelConfig:
     """Check values the schema types cannot express; raise :class:`ConfigError` naming the key."""
-    _choice(cfg.loss.objective, OBJECTIVES, "loss.objective")
-    _choice(cfg.model.head, HEADS, "model.head")
-    _choice(cfg.predict.tta, ("d4", "none"), "predict.tta")
+    check_choice(cfg.loss.objective, OBJECTIVES, "loss.objective")
+    check_choice(cfg.model.head, HEADS, "model.head")
+    check_choice(cfg.predict.tta, ("d4", "none"), "predict.tta")
     if not 0.0 <= cfg.loss.exclude_hardest < 1.0:
         raise ConfigError(f"loss.exclude_hardest: {cfg.loss.exclude_hardest} must be in [0, 1)")
     if not 0.0 <= cfg.augment.cutmix_p <= 1.0:
         raise ConfigError(f"augment.cutmix_p: {cfg.augment.cutmix_p} must be in [0, 1]")
-    if cfg.data.n_folds < 2:
-        raise ConfigError(f"data.n_folds: {cfg.data.n_folds} must be at least 2")
-    if cfg.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} must be at least 1")
+    check_data(cfg.data, ("crops", "labels"))
     for i, src in enumerate(cfg.data.sources):
-        for key in ("crops", "labels"):
-            if not getattr(src, key):
-                raise ConfigError(
-                    f"data.sources[{i}].{key} is required (a path relative to data.root)"
-                )
         if src.solution and not src.masks:
             raise ConfigError(
                 f"data.sources[{i}].solution needs masks (the masks the crops were cut from)"

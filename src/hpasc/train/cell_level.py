@@ -17,6 +17,7 @@ import lightning as L
 from hpasc.errors import ConfigError
 from hpasc.train import runs
 from hpasc.train.cell_config import CellLevelConfig
+from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
 
 log = logging.getLogger("hpasc.train")
 
@@ -89,8 +90,6 @@ def train_fold(
     from hpasc.config import dump_config
     from hpasc.data.crops import CropStream, load_sources, stream_loader
     from hpasc.train.cell_module import CellLevelModule
-    from hpasc.train.fitting import open_fold, predict_after_fit
-    from hpasc.train.image_level import absolute_data_root
     from hpasc.train.trainer import build_trainer, seed_everything
 
     cfg = absolute_data_root(cfg)
@@ -141,14 +140,9 @@ def predict_fold_valid(
     fold_path: str | Path, device: str = "auto", progress: bool = True
 ) -> tuple[Path, Path]:
     """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold."""
-    from hpasc.predict import PredictOptions, write_predictions
     from hpasc.predict_cells import predict_cell_valid
 
-    fold_path = Path(fold_path)
-    cells, images = predict_cell_valid(fold_path, PredictOptions(device=device, progress=progress))
-    return write_predictions(
-        cells, images, fold_path / runs.VALID_CELLS, fold_path / runs.VALID_IMAGES
-    )
+    return write_fold_valid(predict_cell_valid, fold_path, device, progress)
 
 
 def expected_fields(fold_path: str | Path) -> tuple[list[str], list[str]]:

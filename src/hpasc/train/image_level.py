@@ -8,7 +8,6 @@ out-of-fold predictions that ``hpasc oof`` joins).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -16,17 +15,9 @@ import numpy as np
 
 from hpasc.train import runs
 from hpasc.train.cam_config import ImageLevelConfig, resolve_path
+from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
 
 log = logging.getLogger("hpasc.train")
-
-
-def absolute_data_root(cfg: ImageLevelConfig) -> ImageLevelConfig:
-    """``data.root`` as an absolute path, so the saved config works from any directory."""
-    root = cfg.data.root
-    if "://" in root or Path(root).is_absolute():
-        return cfg
-    data = dataclasses.replace(cfg.data, root=str(Path(root).resolve()))
-    return dataclasses.replace(cfg, data=data)
 
 
 def _pseudo_labels(cfg: ImageLevelConfig):
@@ -114,7 +105,6 @@ def train_fold(
     from hpasc.data.fields import FieldDataset, load_field_table
     from hpasc.train.callbacks import DatasetEpoch
     from hpasc.train.cam_module import CAMConsistencyModule
-    from hpasc.train.fitting import open_fold, predict_after_fit
     from hpasc.train.trainer import build_trainer, seed_everything
 
     cfg = absolute_data_root(cfg)
@@ -163,28 +153,6 @@ def predict_fold_valid(
     fold_path: str | Path, device: str = "auto", progress: bool = True
 ) -> tuple[Path, Path]:
     """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold."""
-    from hpasc.predict import PredictOptions, predict_valid, write_predictions
+    from hpasc.predict import predict_valid
 
-    fold_path = Path(fold_path)
-    cells, images = predict_valid(fold_path, PredictOptions(device=device, progress=progress))
-    return write_predictions(
-        cells, images, fold_path / runs.VALID_CELLS, fold_path / runs.VALID_IMAGES
-    )
-
-
-def folds_to_train(cfg: ImageLevelConfig, fold: str) -> list[int]:
-    """``"all"`` → 0..n_folds−1; ``"3"`` → [3]; ``"0,2"`` → [0, 2]."""
-    from hpasc.errors import ConfigError
-
-    if fold == "all":
-        return list(range(cfg.data.n_folds))
-    try:
-        folds = [int(f) for f in str(fold).split(",") if f.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"--fold must be 'all', an index or a list like 0,2; got {fold!r}"
-        ) from None
-    bad = [f for f in folds if not 0 <= f < cfg.data.n_folds]
-    if bad or not folds:
-        raise ConfigError(f"--fold {fold}: folds must lie in 0..{cfg.data.n_folds - 1}")
-    return folds
+    return write_fold_valid(predict_valid, fold_path, device, progress)
