@@ -7,11 +7,14 @@ documents; an unknown key is an error naming the closest valid ones.
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
 from typing import Any
 
 from hpasc.errors import ConfigError
 from hpasc.recipe import TaskContext, step_kind
+
+log = logging.getLogger(__name__)
 
 
 def _take(
@@ -154,54 +157,55 @@ def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
     )
 
 
-def find_config(name: str, ctx: TaskContext) -> Path:
+def _locate_config(name: str, recipe_dir: Path) -> tuple[Path | None, list[Path]]:
     """A config given by path, relative to the recipe's folder, or inside hpasc's shipped configs."""
     from hpasc.config import config_search_path
 
-    candidates = [Path(name), ctx.recipe_dir / name, *(d / name for d in config_search_path())]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise ConfigError(
-        f"step '{ctx.step}': config '{name}' not found (looked in: {', '.join(str(c.parent) for c in candidates)})"
-    )
+    candidates = [Path(name), recipe_dir / name, *(d / name for d in config_search_path())]
+    return next((c for c in candidates if c.is_file()), None), candidates
 
 
-def _config_folds(loader_name: str):
+def find_config(name: str, ctx: TaskContext) -> Path:
+    found, candidates = _locate_config(name, ctx.recipe_dir)
+    if found is None:
+        looked = ", ".join(str(c.parent) for c in candidates)
+        raise ConfigError(f"step '{ctx.step}': config '{name}' not found (looked in: {looked})")
+    return found
+
+
+def _load(dotted: str):
+    import importlib
+
+    module, fn = dotted.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def _config_folds(loader: str):
+    """How many folds ``folds: all`` means: the config's ``data.n_folds`` (after overrides of it)."""
+
     def count(p: dict[str, Any], recipe_dir: Path) -> int:
-        import importlib
-
-        module, fn = loader_name.rsplit(":", 1)
-        from hpasc.config import config_search_path
-
-        name = str(p["config"])
-        for c in [Path(name), recipe_dir / name, *(d / name for d in config_search_path())]:
-            if c.is_file():
-                overrides = [
-                    o for o in p.get("overrides", []) or [] if o.startswith("data.n_folds=")
-                ]
-                cfg = getattr(importlib.import_module(module), fn)(c, overrides)
-                return cfg.data.n_folds
-        return 0
+        found, _ = _locate_config(str(p["config"]), recipe_dir)
+        if found is None:
+            return 0
+        overrides = [o for o in p.get("overrides", []) or [] if o.startswith("data.n_folds=")]
+        return _load(loader)(found, overrides).data.n_folds
 
     return count
 
 
-def _train(p: dict[str, Any], ctx: TaskContext, loader: str, trainer: str) -> None:
-    import importlib
+def _in_folder(path: str, name: str) -> Path:
+    """A file given directly, or the file ``name`` inside a step's output folder."""
+    return Path(path) / name if Path(path).is_dir() else Path(path)
 
+
+def _train(p: dict[str, Any], ctx: TaskContext, loader: str, trainer: str) -> None:
     if ctx.fold is None:
         raise ConfigError(
             f"step '{ctx.step}': training steps need 'folds' (all, a fold index or a list)"
         )
     p = _take(p, ctx, ("config",), {"overrides": []})
-    module, fn = loader.split(":")
-    cfg = getattr(importlib.import_module(module), fn)(
-        find_config(p["config"], ctx), list(p["overrides"] or [])
-    )
-    module, fn = trainer.split(":")
-    train_fold = getattr(importlib.import_module(module), fn)
-    train_fold(cfg, ctx.fold, ctx.out.parent, resume=ctx.resume, fold_path=ctx.out)
+    cfg = _load(loader)(find_config(p["config"], ctx), list(p["overrides"] or []))
+    _load(trainer)(cfg, ctx.fold, ctx.out.parent, resume=ctx.resume, fold_path=ctx.out)
 
 
 @step_kind(
@@ -251,7 +255,7 @@ def average_step(p: dict[str, Any], ctx: TaskContext) -> None:
     from hpasc.cells import average_tables, write_table
 
     p = _take(p, ctx, ("tables",), {"weights": None, "allow_missing": False})
-    paths = [Path(t) / "cells.parquet" if Path(t).is_dir() else Path(t) for t in _list(p["tables"])]
+    paths = [_in_folder(t, "cells.parquet") for t in _list(p["tables"])]
     write_table(
         average_tables(paths, weights=p["weights"], allow_missing=bool(p["allow_missing"])),
         ctx.out / "cells.parquet",
@@ -323,9 +327,7 @@ def submit_step(p: dict[str, Any], ctx: TaskContext) -> None:
             "allow_missing": False,
         },
     )
-    tables = [
-        Path(t) / "cells.parquet" if Path(t).is_dir() else Path(t) for t in _list(p["predictions"])
-    ]
+    tables = [_in_folder(t, "cells.parquet") for t in _list(p["predictions"])]
     summary = write_submission(
         p["masks"],
         tables,
@@ -337,9 +339,7 @@ def submit_step(p: dict[str, Any], ctx: TaskContext) -> None:
         scale_thresholds_with_size=bool(p["scale_thresholds_with_size"]),
         min_confidence=float(p["min_confidence"]),
     )
-    import logging
-
-    logging.getLogger("hpasc.steps").info("submission: %s", summary)
+    log.info("submission: %s", summary)
 
 
 @step_kind("evaluate")
@@ -351,17 +351,14 @@ def evaluate_step(p: dict[str, Any], ctx: TaskContext) -> None:
 
     p = _take(p, ctx, ("solution", "submission"), {"baseline": None, "baseline_name": "baseline"})
 
-    def sub(path: str) -> Path:
-        return Path(path) / "submission.csv" if Path(path).is_dir() else Path(path)
-
-    result = evaluate(p["solution"], sub(p["submission"]))
+    result = evaluate(p["solution"], _in_folder(p["submission"], "submission.csv"))
     doc: dict[str, Any] = {
         "mAP": result.map,
         "per_class": {str(k): v for k, v in result.per_class.items()},
         "n_gt": {str(k): v for k, v in result.n_gt.items()},
     }
     if p["baseline"]:
-        base = evaluate(p["solution"], sub(p["baseline"]))
+        base = evaluate(p["solution"], _in_folder(p["baseline"], "submission.csv"))
         doc["baseline"] = {
             "name": p["baseline_name"],
             "mAP": base.map,
@@ -381,12 +378,8 @@ def broadcast_step(p: dict[str, Any], ctx: TaskContext) -> None:
     from hpasc.cells import broadcast_image_table, read_table, write_table
 
     p = _take(p, ctx, ("cells", "images"), {})
-    cells = read_table(
-        Path(p["cells"]) / "cells.parquet" if Path(p["cells"]).is_dir() else p["cells"]
-    )
-    images = pd.read_parquet(
-        Path(p["images"]) / "images.parquet" if Path(p["images"]).is_dir() else p["images"]
-    )
+    cells = read_table(_in_folder(p["cells"], "cells.parquet"))
+    images = pd.read_parquet(_in_folder(p["images"], "images.parquet"))
     write_table(broadcast_image_table(cells, images), ctx.out / "cells.parquet")
 
 
@@ -408,8 +401,7 @@ def report_step(p: dict[str, Any], ctx: TaskContext) -> None:
     def table(path: str | None, name: str) -> str | None:
         if not path:
             return None
-        src = Path(path) / name if Path(path).is_dir() else Path(path)
-        shutil.copyfile(src, ctx.out / name)
+        shutil.copyfile(_in_folder(path, name), ctx.out / name)
         return name
 
     manifest = {
