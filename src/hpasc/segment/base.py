@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ class SegmentationResult:
         return int(self.cells.max(initial=0))
 
 
-class Segmenter:
+class Segmenter(abc.ABC):
     """Base class: subclasses implement :meth:`segment`; networks override :meth:`segment_batch`.
 
     Images are (H, W, 4) arrays in R, G, B, Y order (microtubules, protein, nucleus, ER), uint8
@@ -38,15 +39,15 @@ class Segmenter:
     #: True when fields should be handed over in batches (a network in the calling process).
     batched = False
 
+    @abc.abstractmethod
     def segment(self, image: np.ndarray) -> SegmentationResult:
         """Segment one field."""
-        raise NotImplementedError
 
     def segment_batch(self, images: Sequence[np.ndarray]) -> list[SegmentationResult]:
         """Segment several fields (one after another unless the method batches)."""
         return [self.segment(image) for image in images]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release workers or devices the segmenter holds (nothing by default)."""
 
 
