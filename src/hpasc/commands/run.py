@@ -52,4 +52,11 @@ def run(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run)
+    app.command(
+        "run",
+        epilog=(
+            "Examples:  hpasc run configs/recipes/pfcell-2021.yaml --data /data/hpa --dry-run  |  "
+            "... --until prepared  |  ... --only cam-b2-768 --fold 3  |  ... --force ensemble.  "
+            "Recipe format and step kinds: docs/recipes.md."
+        ),
+    )(run)
