@@ -121,3 +121,13 @@ def test_report_renders_in_chromium(out_dir, tmp_path):
     )
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[0] >= 1000 and img.std() > 5  # something was drawn
+
+
+def test_legend_wraps_to_fit_every_class():
+    from hpasc.viz import legend_strip
+
+    one = legend_strip(800, [0])
+    many = legend_strip(200, list(range(19)))
+    assert one.shape == (22, 800, 3) and many.shape[1] == 200
+    assert many.shape[0] >= 22 * 8  # 19 names cannot share a 200-px row: wrapped, none dropped
+    assert (many[-22:] > 0).any()  # the last row holds the last names

@@ -63,28 +63,31 @@ def outline_overlay(
     return out
 
 
-def legend_strip(width: int, classes: list[int], height: int = 22) -> np.ndarray:
-    """A strip naming the given classes in their colours (burned into overlay PNGs)."""
-    strip = np.zeros((height, width, 3), np.uint8)
+def legend_strip(width: int, classes: list[int], row_height: int = 22) -> np.ndarray:
+    """Rows naming the given classes in their colours (burned into overlay PNGs); wraps as needed."""
     colours = class_colours()
-    x = 4
+    placed: list[tuple[int, int, int]] = []  # (class, row, x)
+    row, x = 0, 4
     for k in classes:
-        name = CLASS_NAMES[k]
-        (tw, _), _ = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
-        if x + tw + 16 > width:
-            break
-        cv2.rectangle(strip, (x, 6), (x + 10, 16), tuple(int(c) for c in colours[k]), -1)
+        (tw, _), _ = cv2.getTextSize(CLASS_NAMES[k], cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+        if x > 4 and x + tw + 16 > width:
+            row, x = row + 1, 4
+        placed.append((k, row, x))
+        x += tw + 24
+    strip = np.zeros(((row + 1) * row_height, width, 3), np.uint8)
+    for k, r, x in placed:
+        y = r * row_height
+        cv2.rectangle(strip, (x, y + 6), (x + 10, y + 16), tuple(int(c) for c in colours[k]), -1)
         cv2.putText(
             strip,
-            name,
-            (x + 14, 15),
+            CLASS_NAMES[k],
+            (x + 14, y + 15),
             cv2.FONT_HERSHEY_SIMPLEX,
             0.4,
             (255, 255, 255),
             1,
             cv2.LINE_AA,
         )
-        x += tw + 24
     return strip
 
 
