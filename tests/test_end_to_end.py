@@ -69,3 +69,20 @@ def test_recipe_end_to_end_then_predict_fields(tmp_path, cli, report_metric):
     assert len(list((out / "overlays").glob("*.png"))) == 4
     r = cli("report", out, "-o", out / "report.html")
     assert r.returncode == 0, r.stderr
+
+
+def test_hpasc_demo_prints_map_beside_baseline(tmp_path, cli, report_metric):
+    """What `make demo` runs, in full: it must finish well inside 10 minutes on 2 cores."""
+    import re
+    import time
+
+    start = time.time()
+    r = cli("demo", "--out", tmp_path / "demo", timeout=900)
+    seconds = time.time() - start
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ours = float(re.search(r"per cell\) : ([0-9.]+)", r.stdout).group(1))
+    base = float(re.search(r"image-level probabilities\) : ([0-9.]+)", r.stdout).group(1))
+    report_metric(f"hpasc demo: mAP {ours:.4f} vs baseline {base:.4f} in {seconds:.0f} s")
+    assert (tmp_path / "demo" / "report" / "report.html").is_file()
+    assert ours > base  # per-cell scoring beats giving every cell its field's probabilities
+    assert seconds < 600
