@@ -163,18 +163,20 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     --------
     >>> cfg = load_config(TrainConfig, "configs/image-level/tiny.yaml", ["optim.lr=3e-4"])
     """
-    data: dict[str, Any] = {}
-    source = ""
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    return from_dict(schema, data, overrides, source=source)
+    if path is None:
+        return from_dict(schema, {}, overrides)
+    return from_dict(schema, read_yaml(path, "config file"), overrides, source=str(path))
+
+
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """A YAML document; a missing or malformed file is a :class:`ConfigError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -34,8 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from hpasc.config import read_yaml
 from hpasc.errors import ConfigError, HpascError
 
 log = logging.getLogger("hpasc.recipe")
@@ -162,12 +161,7 @@ def load_recipe(
     from hpasc import steps as _  # noqa: F401  (registers the built-in step kinds)
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe not found: {path}")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    doc = read_yaml(path, "recipe")
     if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
         raise ConfigError(f"{path}: a recipe is a mapping with a 'steps' list")
     unknown = set(doc) - {"name", "description", "steps", "data", "work"}
