@@ -3,23 +3,34 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Exact torch pin only here: this version lies on the local disk (pyproject declares ranges).
-TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+# The lock files decide every installed version; pyproject.toml keeps ranges. `make lock` rewrites
+# them (constraints.txt holds the torch pin: the release on the local disk).
+LOCK := requirements.lock
+LOCK_ALL := requirements-all.lock
+UV_PIN := uv==0.13.9
+LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 -c constraints.txt --quiet
 
-.PHONY: install test test-fast demo bench lint format clean
+.PHONY: install test test-fast demo bench lint format clean lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q pip==26.3
+	$(BIN)/python -m pip install -q -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	@# Headless Chromium renders the HTML report in the tests (Debian package; needs root).
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "note: install Debian chromium for the report screenshot test (apt-get install chromium)"
 	touch $(STAMP)
+
+# requirements-all.lock: every extra (cellpose too); requirements.lock: the same versions, dev extra only.
+lock:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(UV_PIN)
+	$(BIN)/uv pip compile pyproject.toml --all-extras $(LOCK_FLAGS) -o $(LOCK_ALL)
+	$(BIN)/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -c $(LOCK_ALL) -o $(LOCK)
 
 test: install
 	$(BIN)/python -m pytest -q
