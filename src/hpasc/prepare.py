@@ -27,6 +27,7 @@ from scipy import ndimage
 from hpasc.errors import InputError
 from hpasc.io.images import (
     CHANNELS,
+    EIGHT_BIT_RULES,
     encode_png,
     list_field_ids,
     list_mask_ids,
@@ -437,14 +438,20 @@ def _channel_name(field_id: str, channel: str) -> str:
 
 
 def _resize_one(
-    in_url: str, size: int, masks: bool, interpolation: str, dtype: str | None, field_id: str
+    in_url: str,
+    size: int,
+    masks: bool,
+    interpolation: str,
+    dtype: str | None,
+    eight_bit: str,
+    field_id: str,
 ) -> dict[str, bytes]:
 
     src = _open(in_url)
     if masks:
         mask = resize_mask(read_mask(src, field_id), size)
         return {f"{field_id}.png": encode_png(mask.astype(np.uint16, copy=False))}
-    out = resize_image(read_field(src, field_id), size, interpolation)
+    out = resize_image(read_field(src, field_id, eight_bit=eight_bit), size, interpolation)
     if dtype == "uint8":
         out = to_uint8(out)
     return {_channel_name(field_id, ch): encode_png(out[..., c]) for c, ch in enumerate(CHANNELS)}
@@ -490,6 +497,7 @@ def resize_set(
     masks: bool = False,
     interpolation: str = "auto",
     dtype: str | None = None,
+    eight_bit: str = "ceil257",
     workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     overwrite: bool = False,
@@ -501,6 +509,12 @@ def resize_set(
     Outputs are PNGs named as the inputs (``<id>_<channel>.png`` or ``<id>.png``); images keep
     their bit depth unless ``dtype="uint8"``; masks use exact nearest neighbour. Fields whose
     outputs all exist are skipped unless ``overwrite``.
+
+    ``interpolation``: see :func:`resize_image` (``"linear"`` is the 7th place's ``cv2.resize``
+    default). ``eight_bit``: ``"ceil257"`` resizes 16-bit channels at 16 bits, then (with
+    ``dtype="uint8"``) converts with ``ceil(v/257)``; ``"opencv"`` reads every channel as
+    ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` does, before the resize (the 7th place), so the
+    output is 8-bit.
     """
 
     _check_options(size, on_error, workers)
@@ -510,6 +524,10 @@ def resize_set(
         )
     if dtype not in (None, "uint8"):
         raise InputError(f"--dtype must be uint8 (or omitted to keep the bit depth), got '{dtype}'")
+    if eight_bit not in EIGHT_BIT_RULES:
+        raise InputError(
+            f"--eight-bit must be one of {', '.join(EIGHT_BIT_RULES)}, got '{eight_bit}'"
+        )
     in_url = _url(in_store)
     src = _open(in_url)
     ids = list_mask_ids(src) if masks else list_field_ids(src)
@@ -523,7 +541,9 @@ def resize_set(
     with _output(out_store) as out:
         return run_fields(
             ids,
-            functools.partial(_resize_one, in_url, size, masks, interpolation, dtype),
+            functools.partial(
+                _resize_one, in_url, size, masks, interpolation, dtype, eight_bit
+            ),
             workers=workers,
             shard=shard,
             skip=None if overwrite else _skip_existing(out, names),

@@ -84,14 +84,21 @@ def synth_step(p: dict[str, Any], ctx: TaskContext) -> None:
 
 @step_kind("resize")
 def resize_step(p: dict[str, Any], ctx: TaskContext) -> None:
-    """input, size, masks (bool), interpolation, dtype, workers, out (default ${out})"""
+    """input, size, masks (bool), interpolation, dtype, eight_bit, workers, out (default ${out})"""
     from hpasc.prepare import resize_set
 
     p = _take(
         p,
         ctx,
         ("input", "size"),
-        {"out": str(ctx.out), "masks": False, "interpolation": "auto", "dtype": None, "workers": 1},
+        {
+            "out": str(ctx.out),
+            "masks": False,
+            "interpolation": "auto",
+            "dtype": None,
+            "eight_bit": "ceil257",
+            "workers": 1,
+        },
     )
     resize_set(
         p["input"],
@@ -100,6 +107,7 @@ def resize_step(p: dict[str, Any], ctx: TaskContext) -> None:
         masks=bool(p["masks"]),
         interpolation=p["interpolation"],
         dtype=p["dtype"],
+        eight_bit=p["eight_bit"],
         workers=int(p["workers"]),
         overwrite=not ctx.resume,
     )

@@ -30,10 +30,17 @@ def resize(
     interpolation: str = typer.Option(
         "auto",
         "--interpolation",
-        help="auto (area when shrinking, linear when enlarging), area, linear, nearest, cubic.",
+        help="auto (area when shrinking, linear when enlarging), area, linear (the 7th "
+        "place's cv2.resize default), nearest, cubic.",
     ),
     dtype: str = typer.Option(
         None, "--dtype", help="uint8: convert 16-bit images to 8 bits (default: keep bit depth)."
+    ),
+    eight_bit: str = typer.Option(
+        "ceil257",
+        "--eight-bit",
+        help="16-bit → 8-bit: ceil257 (HPA's rule, after the resize) or opencv (read as "
+        "cv2.imread(path, IMREAD_GRAYSCALE), before the resize: the 7th place).",
     ),
     workers: int = _WORKERS,
     shard: str = _SHARD,
@@ -50,6 +57,7 @@ def resize(
         masks=masks,
         interpolation=interpolation,
         dtype=dtype,
+        eight_bit=eight_bit,
         workers=workers,
         shard=shard,
         overwrite=overwrite,

@@ -31,6 +31,7 @@ __all__ = [
     "write_field",
     "to_uint8",
     "to_uint16",
+    "EIGHT_BIT_RULES",
     "read_mask",
     "write_mask",
     "list_mask_ids",
@@ -52,6 +53,10 @@ _TIFF_EXTS = (".tif", ".tiff", ".tif.gz", ".tiff.gz")
 # as R+G; R alone reproduces the grayscale file best (docs/io.md has the measurements).
 _COLOUR_COMPONENT = {"red": 0, "green": 1, "blue": 2, "yellow": 0}
 _DTYPES = (None, "uint8", "uint16")
+#: How 16-bit channels become 8-bit: "ceil257" converts the decoded values with :func:`to_uint8`
+#: (HPA's own rule); "opencv" decodes every file with OpenCV's ``IMREAD_GRAYSCALE`` (the 7th
+#: place's reader; ``v >> 8`` for a 16-bit PNG), so the field is 8-bit from the start.
+EIGHT_BIT_RULES = ("ceil257", "opencv")
 
 # ceil(v / 257): the mapping of HPA's shipped 8-bit files from their 16-bit originals.
 _U16_TO_U8 = ((np.arange(65536, dtype=np.uint32) + 256) // 257).astype(np.uint8)
@@ -127,6 +132,20 @@ def _read_decoded(store: Store, name: str, channel: str | None = None) -> np.nda
         raise InputError(f"{store.location(name)}: {e}") from None
 
 
+def _read_grayscale8(store: Store, name: str, channel: str | None = None) -> np.ndarray:
+    """A channel file as OpenCV's ``IMREAD_GRAYSCALE`` decodes it (gzip removed first)."""
+    data = store.read_bytes(name)
+    if name.lower().endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise InputError(f"{store.location(name)}: not a readable gzip file ({e})") from None
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if array is None:
+        raise InputError(f"{store.location(name)}: not an image OpenCV can read (corrupt or empty)")
+    return array
+
+
 def read_channel(store: Store, field_id: str, channel: str, dtype: str | None = None) -> np.ndarray:
     """One channel of a field as a 2-D array.
 
@@ -144,7 +163,9 @@ def read_channel(store: Store, field_id: str, channel: str, dtype: str | None = 
     return _convert(_read_decoded(store, name, channel), dtype)
 
 
-def read_field(store: Store, field_id: str, dtype: str | None = None) -> np.ndarray:
+def read_field(
+    store: Store, field_id: str, dtype: str | None = None, eight_bit: str = "ceil257"
+) -> np.ndarray:
     """The four channels of a field as an H×W×4 array in R, G, B, Y order.
 
     Parameters
@@ -153,6 +174,10 @@ def read_field(store: Store, field_id: str, dtype: str | None = None) -> np.ndar
         None keeps the files' depth; when 8- and 16-bit channels are mixed, the 8-bit ones are
         promoted with :func:`to_uint16` (v × 257) so the field is uint16. ``"uint8"`` or
         ``"uint16"`` convert every channel.
+    eight_bit
+        ``"ceil257"`` (default) or ``"opencv"``: every channel decoded by OpenCV's
+        ``IMREAD_GRAYSCALE`` (8-bit, equal to ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)``), as the
+        7th-place code reads its inputs; see :data:`EIGHT_BIT_RULES`.
 
     Raises
     ------
@@ -161,8 +186,11 @@ def read_field(store: Store, field_id: str, dtype: str | None = None) -> np.ndar
         different sizes (naming each file and its size).
     """
     _check_dtype(dtype)
+    if eight_bit not in EIGHT_BIT_RULES:
+        raise ValueError(f"eight_bit must be one of {EIGHT_BIT_RULES}, got {eight_bit!r}")
     files = field_files(store, field_id)
-    planes = [_read_decoded(store, files[ch], ch) for ch in CHANNELS]
+    read = _read_grayscale8 if eight_bit == "opencv" else _read_decoded
+    planes = [read(store, files[ch], ch) for ch in CHANNELS]
     shapes = {p.shape for p in planes}
     if len(shapes) > 1:
         sizes = ", ".join(
