@@ -377,3 +377,37 @@ def test_cli_public_hpa(tmp_path, server, real16, monkeypatch):
     assert "0 done, 1 skipped, 1 failed" in result.output
     result = CliRunner().invoke(app, [*args, "--ext", "bmp"])
     assert result.exit_code != 0 and "--ext must be one of" in str(result.exception)
+
+
+def test_also_sizes_are_each_resized_from_the_original(tmp_path, server, real16, cli):
+    """`--size 48 --also 24=OUT2`: the 24-px copy comes from the download, not from the 48-px
+    one (as the 7th place made its 768 and 1536 sets); with --interpolation linear."""
+    arrays = serve_fields(server, real16, ROWS[:2])
+    table = write_table(tmp_path / "t.csv", ROWS[:2])
+    big, small = tmp_path / "big", tmp_path / "small"
+    r = cli(
+        "import", "public-hpa", table, big, "--size", SIZE, "--also", f"24={small}",
+        "--interpolation", "linear", "--base-url", server.url, "--workers", 1, "--retries", 0,
+        "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    for fid, (image, *_) in zip(KEPT[:2], ROWS[:2], strict=True):
+        for color in CHANNELS:
+            arr = arrays[f"/{image_path(image)}_{color}.tif.gz"]
+            got_big, got_small = (
+                read_png(big / f"{fid}_{color}.png"),
+                read_png(small / f"{fid}_{color}.png"),
+            )
+            np.testing.assert_array_equal(got_big, to_uint8(resize_image(arr, SIZE, "linear")))
+            np.testing.assert_array_equal(got_small, to_uint8(resize_image(arr, 24, "linear")))
+    from_big = resize_image(read_png(big / f"{KEPT[0]}_green.png"), 24, "linear")
+    assert not np.array_equal(from_big, read_png(small / f"{KEPT[0]}_green.png"))
+    # resume needs both sets: a field missing in the second is fetched again
+    (small / f"{KEPT[0]}_red.png").unlink()
+    before = sum(server.hits.values())
+    r = cli("import", "public-hpa", table, big, "--size", SIZE, "--also", f"24={small}",
+            "--interpolation", "linear", "--base-url", server.url, "--workers", 1, "--no-progress")  # fmt: skip
+    assert r.returncode == 0 and sum(server.hits.values()) - before == 4
+    assert (small / f"{KEPT[0]}_red.png").exists()
+    r = cli("import", "public-hpa", table, big, "--also", "x=y", "--base-url", server.url)
+    assert r.returncode == 2 and "--also must be SIZE=STORE" in r.stderr

@@ -78,7 +78,7 @@ def test_pfcell_dry_run_plan(cli, tmp_path):
     assert max(pos[f"{m}/fold-4"] for m in STAGE2) < pos["stage2-average"]
     assert pos["stage2-average"] < min(pos[f"{m}/fold-0"] for m in STAGE3)
     assert labels[-2:] == ["ensemble", "submission"]
-    assert len(tasks) == 84
+    assert len(tasks) == 83
     assert set(by_name["submission"]) == {"masks-test", "ensemble"}
     # a single fold of a training step (one SLURM array job)
     proc = cli(
@@ -88,7 +88,7 @@ def test_pfcell_dry_run_plan(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[1:] == [
         "  1. [run   ] cam-b7-768/fold-3  (train-image-level)  <- train-768, masks-train-768, "
-        "folds, public-768, masks-public-768"
+        "folds, masks-public-768"
     ]
 
 
@@ -96,7 +96,7 @@ def test_pfcell_until_prepared_is_the_whole_preparation(cli, tmp_path):
     tasks = _dry_run_tasks(cli, PFCELL, tmp_path, tmp_path / "work", "--until", "prepared")
     kinds = {kind for _, kind, _ in tasks}
     assert kinds == {"folds", "resize", "segment", "crop", "group"}
-    assert len(tasks) == 20 and tasks[-1][0] == "prepared"
+    assert len(tasks) == 19 and tasks[-1][0] == "prepared"
     crops = [label for label, kind, _ in tasks if kind == "crop"]
     assert len(crops) == 6 and set(tasks[-1][2]) == {"folds", *crops}
 
@@ -151,7 +151,9 @@ def test_pfcell_configs_load_with_the_recipes_paths(pfcell):
                 paths = [src.crops] if step.kind == "train-cell-level" else [src.images, src.masks]
                 # every input is what the recipe prepares (or the imported public-HPA fields)
                 for p in paths:
-                    assert p.startswith(work + "/") or p == f"{data}/public-hpa-1536", p
+                    assert p.startswith(work + "/") or p in (
+                        f"{data}/public-hpa-{n}" for n in (768, 1536)
+                    ), p
                 targets = src.soft_labels if step.kind == "train-cell-level" else src.pseudo_labels
                 if step.name in STAGE1:
                     assert targets is None
@@ -168,7 +170,7 @@ def test_pfcell_configs_load_with_the_recipes_paths(pfcell):
                     f"{work}/masks-train-768",
                 )
                 assert (public.images, public.masks) == (
-                    f"{work}/public-768",
+                    f"{data}/public-hpa-768",  # imported from the originals, as 1536 (spec §2.1)
                     f"{work}/masks-public-768",
                 )
             else:

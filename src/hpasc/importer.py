@@ -6,8 +6,8 @@ The field id is its last part (``921_B9_1``); the server holds one file per chan
 ``<Image>_<color>.<ext>`` (16-bit gzip TIFF for ``tif.gz``, 8-bit for ``jpg``/``png``).
 
 :func:`import_public_hpa` downloads, for every field the table keeps (see
-:func:`read_public_hpa_fields`), its four channels, resizes each (area interpolation, in the
-source bit depth), converts to 8 bits (:func:`hpasc.io.images.to_uint8`) unless ``dtype="keep"``
+:func:`read_public_hpa_fields`), its four channels, resizes each (area interpolation by default, in
+the source bit depth; ``also`` adds more sizes, each resized from the download), converts to 8 bits (:func:`hpasc.io.images.to_uint8`) unless ``dtype="keep"``
 and writes an image set ``<id>_<color>.png`` to the output store. Failures of the network or
 the server (connection errors, timeouts, HTTP 5xx / 408 / 429) and corrupt downloads (body
 shorter than ``Content-Length``, gzip CRC error, undecodable image) are retried with exponential
@@ -324,11 +324,24 @@ class ImportOptions:
     base_url: str | None = None  # None: $HPASC_HPA_BASE_URL, else DEFAULT_BASE_URL
     url_template: str = DEFAULT_URL_TEMPLATE
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    interpolation: str = "auto"  # hpasc.prepare.resize_image; "linear": the 7th place's
+    # (size, store) pairs: more copies of every field, each resized from the downloaded
+    # original (the 7th place made its 768 and 1536 sets so, not 768 from 1536)
+    also: tuple[tuple[int, str], ...] = ()
 
     def __post_init__(self) -> None:
+        from hpasc.prepare import INTERPOLATIONS
+
         object.__setattr__(self, "base_url", resolve_base_url(self.base_url))
-        if self.size < 1:
-            raise ConfigError(f"--size must be a positive number of pixels, got {self.size}")
+        object.__setattr__(self, "also", tuple((int(n), str(u)) for n, u in self.also))
+        for size in (self.size, *(n for n, _ in self.also)):
+            if size < 1:
+                raise ConfigError(f"--size must be a positive number of pixels, got {size}")
+        if self.interpolation != "auto" and self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"--interpolation must be auto or one of {', '.join(INTERPOLATIONS)}, "
+                f"got {self.interpolation!r}"
+            )
         if self.ext not in EXTENSIONS:
             raise ConfigError(f"--ext must be one of {', '.join(EXTENSIONS)}, got {self.ext!r}")
         if self.dtype not in ("uint8", "keep"):
@@ -343,6 +356,7 @@ class FieldResult:
     images: dict[str, np.ndarray]
     retries: int = 0
     nbytes: int = 0
+    also: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # size → colour → image
 
 
 def import_field(
@@ -381,9 +395,15 @@ def import_field(
     if len(set(shapes.values())) > 1:
         raise DownloadError(f"field {fld.id}: channels differ in shape {shapes}")
     result = FieldResult({})
+
+    def convert(image: np.ndarray, size: int) -> np.ndarray:
+        image = resize_image(image, size, options.interpolation)
+        return to_uint8(image) if options.dtype == "uint8" else image
+
     for c, (image, retries, nbytes) in fetched.items():
-        image = resize_image(image, options.size)
-        result.images[c] = to_uint8(image) if options.dtype == "uint8" else image
+        result.images[c] = convert(image, options.size)
+        for size, _ in options.also:
+            result.also.setdefault(size, {})[c] = convert(image, size)
         result.retries += retries
         result.nbytes += nbytes
     return result
@@ -479,11 +499,15 @@ def import_public_hpa(
         fields = fields[:limit]
     by_id = {f.id: f for f in fields}
     store = open_store(out)
-    present = set(store.list("*.png"))
+    extra = {size: open_store(url) for size, url in options.also}
+    present = [set(s.list("*.png")) for s in (store, *extra.values())]
     totals = {"retries": 0, "nbytes": 0}
 
     def write(fid: str, result: FieldResult) -> None:
         # In this process: a zip store may be written by one process only.
+        for size, images in result.also.items():
+            for color, image in images.items():
+                write_channel(extra[size], fid, color, image)
         for color, image in result.images.items():
             write_channel(store, fid, color, image)
         totals["retries"] += result.retries
@@ -495,7 +519,7 @@ def import_public_hpa(
             _import_one,
             workers=workers,
             shard=shard,
-            skip=lambda fid: all(n in present for n in output_names(fid)),
+            skip=lambda fid: all(n in p for p in present for n in output_names(fid)),
             on_error=on_error,
             errors_csv=store,
             desc="import public-HPA",
@@ -505,5 +529,6 @@ def import_public_hpa(
         )
     finally:
         _JOB.clear()
-        store.close()  # commit what was written (zip stores); finished fields are complete
+        for s in (*extra.values(), store):
+            s.close()  # commit what was written (zip stores); finished fields are complete
     return ImportSummary(run, totals["retries"], totals["nbytes"], str(store))

@@ -541,9 +541,7 @@ def resize_set(
     with _output(out_store) as out:
         return run_fields(
             ids,
-            functools.partial(
-                _resize_one, in_url, size, masks, interpolation, dtype, eight_bit
-            ),
+            functools.partial(_resize_one, in_url, size, masks, interpolation, dtype, eight_bit),
             workers=workers,
             shard=shard,
             skip=None if overwrite else _skip_existing(out, names),

@@ -18,7 +18,18 @@ def public_hpa(
         ..., help="Output image set: a folder, a folder inside a .zip, or a URL."
     ),
     size: int = typer.Option(
-        768, "--size", min=1, help="Output side length in pixels (area resize)."
+        768, "--size", min=1, help="Output side length in pixels (area resize by default)."
+    ),
+    also: list[str] = typer.Option(
+        None,
+        "--also",
+        help="SIZE=STORE: also write each field resized from the original to SIZE into STORE "
+        "(repeatable; e.g. --size 1536 --also 768=/data/hpa/public-hpa-768).",
+    ),
+    interpolation: str = typer.Option(
+        "auto",
+        "--interpolation",
+        help="auto (area when shrinking), area, linear (the 7th place's cv2.resize), nearest, cubic.",
     ),
     base_url: str = typer.Option(
         None,
@@ -67,8 +78,16 @@ def public_hpa(
 
     if on_error not in ("stop", "skip"):
         raise ConfigError(f"--on-error must be 'stop' or 'skip', got {on_error!r}")
+    pairs = []
+    for item in also or []:
+        n, sep, url = item.partition("=")
+        if not sep or not n.strip().isdigit() or not url:
+            raise ConfigError(f"--also must be SIZE=STORE (e.g. 768=out-768), got {item!r}")
+        pairs.append((int(n), url))
     options = ImportOptions(
         size=size,
+        interpolation=interpolation,
+        also=tuple(pairs),
         ext=ext,
         dtype=dtype,  # type: ignore[arg-type]
         base_url=base_url,
