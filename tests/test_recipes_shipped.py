@@ -42,6 +42,8 @@ def _dry_run_tasks(cli, recipe: Path, data: Path, work: Path, *extra: str):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tasks = []
     for line in proc.stdout.splitlines()[1:]:
+        if line.startswith(" " * 7):  # the settings of the task above
+            continue
         m = re.fullmatch(r"\s*\d+\. \[(\w+)\s*\] (\S+)  \(([\w-]+)\)(?:  <- (.*))?", line)
         assert m, f"unexpected plan line: {line!r}"
         assert m[1] == "run"
@@ -88,7 +90,8 @@ def test_pfcell_dry_run_plan(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[1:] == [
         "  1. [run   ] cam-b7-768/fold-3  (train-image-level)  <- train-768, masks-train-768, "
-        "folds, masks-public-768"
+        "folds, masks-public-768",
+        "       trainer.precision=32-true, predict.upsample=nearest, predict.precision=32-true",
     ]
 
 

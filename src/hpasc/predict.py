@@ -135,12 +135,21 @@ def load_fold(
     return load_fold_model(fold_path, load_image_level_config, CAMClassifier, checkpoint, device)
 
 
-def inference_autocast(device: torch.device):
-    """bf16 (else fp16) autocast on CUDA; a no-op context on CPU."""
-    if device.type == "cuda":
+def inference_autocast(device: torch.device, precision: str = "auto"):
+    """The autocast context of ``precision`` (a config's ``predict.precision``) on ``device``.
+
+    ``auto``: bf16 (else fp16) autocast on CUDA; ``32-true``: none (fp32, as the reference
+    predicted); ``bf16-mixed`` / ``16-mixed``: that dtype. Always a no-op on CPU.
+    """
+    if device.type != "cuda" or precision == "32-true":
+        return contextlib.nullcontext()
+    if precision == "auto":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    elif precision in ("bf16-mixed", "16-mixed"):
+        dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+    else:
+        raise ValueError(f"unknown inference precision {precision!r}")
+    return torch.autocast("cuda", dtype=dtype)
 
 
 @torch.no_grad()
@@ -151,11 +160,12 @@ def predict_batch(
     num_cells: int,
     tta: str | None = "d4",
     upsample: str = "bilinear",
+    precision: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean over models and TTA passes of per-cell and image-level probabilities.
 
     ``image`` B×4×H×W, ``mask`` B×H×W (cells 1..K). Returns cell probabilities B×K×C, pixel
-    counts B×K and image probabilities B×C.
+    counts B×K and image probabilities B×C. ``precision``: see :func:`inference_autocast`.
     """
     tta = tta or "none"
     if tta not in TTA_MODES:
@@ -165,7 +175,7 @@ def predict_batch(
     cells = image_probs = counts = None
     for model in models:
         for k in passes:
-            with inference_autocast(image.device):
+            with inference_autocast(image.device, precision):
                 cam = model(d4_transform(image, k))
             cam = cam.float()
             # pooling per instance is invariant to moving the CAM back: pool with the true mask
@@ -194,6 +204,7 @@ def predict_dataset(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    precision: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cell table and image-level table of every field of a ``FieldDataset`` in predict mode."""
     from torch.utils.data import DataLoader
@@ -220,6 +231,7 @@ def predict_dataset(
                 batch["cell_ids"].shape[1],
                 tta,
                 upsample,
+                precision,
             )
             probs, present, img = probs.cpu().numpy(), (counts > 0).cpu().numpy(), img.cpu().numpy()
             ids = batch["cell_ids"].numpy()
@@ -258,6 +270,7 @@ def predict_dataset(
 class PredictOptions:
     tta: str | None = None  # "d4", "none"; None: the run's predict.tta
     upsample: str | None = None  # None: the run's predict.upsample
+    precision: str | None = None  # None: the run's predict.precision
     checkpoint: str | None = None  # None: the run's predict.checkpoint
     batch_size: int | None = None
     num_workers: int = 0
@@ -304,6 +317,7 @@ def predict_valid(
     return predict_dataset(
         [model], dataset, options.tta or cfg.predict.tta, options.upsample or cfg.predict.upsample,
         options.batch_size or cfg.predict.batch_size, options.num_workers, device, options.progress,
+        options.precision or cfg.predict.precision,
     )  # fmt: skip
 
 
@@ -334,4 +348,5 @@ def predict_fields(
     return predict_dataset(
         [m for m, _ in loaded], dataset, options.tta or cfg.predict.tta, options.upsample or cfg.predict.upsample,
         options.batch_size or cfg.predict.batch_size, options.num_workers, device, options.progress,
+        options.precision or cfg.predict.precision,
     )  # fmt: skip

@@ -52,22 +52,27 @@ def load_cell_fold(
 
 @torch.no_grad()
 def predict_crops(
-    models: Sequence[torch.nn.Module], crops: torch.Tensor, tta: str = "d4"
+    models: Sequence[torch.nn.Module],
+    crops: torch.Tensor,
+    tta: str = "d4",
+    precision: str = "auto",
 ) -> torch.Tensor:
     """Mean over models and TTA passes of the sigmoid of the logits: B×19 probabilities.
 
-    ``crops`` B×8×S×S, uint8 or floats in [0, 1].
+    ``crops`` B×8×S×S, uint8 (each model scales them by its ``input_range``) or floats.
+    ``precision``: see :func:`hpasc.predict.inference_autocast`.
     """
     from hpasc.train.cell_module import crops_to_input
 
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
-    x = crops_to_input(crops)
     passes = range(D4_SIZE) if tta == "d4" else range(1)
     total = None
     for model in models:
+        cfg = getattr(model, "cfg", None)
+        x = crops_to_input(crops, getattr(cfg, "input_range", "unit"))
         for k in passes:
-            with inference_autocast(x.device):
+            with inference_autocast(x.device, precision):
                 p = torch.sigmoid(model(d4_transform(x, k)).float())
             total = p if total is None else total + p
     return total / (len(models) * len(passes))
@@ -89,6 +94,7 @@ def predict_cell_set(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    precision: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cell table and image-level table of every cell and field of a :class:`CellSet`."""
     from tqdm import tqdm
@@ -106,7 +112,7 @@ def predict_cell_set(
         disable=not progress,
     ):
         keep = row >= 0  # padding
-        p = predict_crops(models, crops[keep].to(device, non_blocking=True), tta)
+        p = predict_crops(models, crops[keep].to(device, non_blocking=True), tta, precision)
         rows.append(row[keep].numpy())
         probs.append(p.cpu().numpy())
     rows_ = np.concatenate(rows) if rows else np.zeros(0, np.int64)
@@ -142,7 +148,7 @@ def predict_cell_valid(
     )
     return predict_cell_set(
         [model], cell_set, options.tta or cfg.predict.tta, options.batch_size or cfg.predict.batch_size,
-        options.num_workers, device, options.progress,
+        options.num_workers, device, options.progress, options.precision or cfg.predict.precision,
     )  # fmt: skip
 
 
@@ -168,5 +174,5 @@ def predict_cell_fields(
     cell_set = build_cell_set(crops, ids, progress=options.progress)
     return predict_cell_set(
         [m for m, _ in loaded], cell_set, options.tta or cfg.predict.tta, options.batch_size or cfg.predict.batch_size,
-        options.num_workers, device, options.progress,
+        options.num_workers, device, options.progress, options.precision or cfg.predict.precision,
     )  # fmt: skip

@@ -63,18 +63,48 @@ class TaskContext:
 StepFn = Callable[[dict[str, Any], TaskContext], None]
 STEP_KINDS: dict[str, StepFn] = {}
 _FOLD_COUNTERS: dict[str, Callable[[dict[str, Any], Path], int]] = {}
+_DESCRIBERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {}
 
 
-def step_kind(name: str, n_folds: Callable[[dict[str, Any], Path], int] | None = None):
-    """Register a step kind. ``n_folds(params, recipe_dir)`` tells how many folds ``folds: all`` means."""
+def step_kind(
+    name: str,
+    n_folds: Callable[[dict[str, Any], Path], int] | None = None,
+    settings: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
+):
+    """Register a step kind. ``n_folds(params, recipe_dir)`` tells how many folds ``folds: all``
+    means; ``settings(params, recipe_dir)`` names what the plan shows of a task (default: its
+    scalar keys, see :func:`task_settings`)."""
 
     def deco(fn: StepFn) -> StepFn:
         STEP_KINDS[name] = fn
         if n_folds is not None:
             _FOLD_COUNTERS[name] = n_folds
+        if settings is not None:
+            _DESCRIBERS[name] = settings
         return fn
 
     return deco
+
+
+def _is_setting(value: Any) -> bool:
+    # paths and lists are where data flows, not how a step behaves: the plan leaves them out
+    if isinstance(value, bool | int | float):
+        return True
+    return isinstance(value, str) and "/" not in value and "${" not in value
+
+
+def task_settings(kind: str, params: dict[str, Any], recipe_dir: Path) -> dict[str, Any]:
+    """What a task runs with, as the plan shows it: the kind's ``settings`` hook, else the
+    scalar keys of its (resolved) parameters, dicts one level deep (``options.scale_factor``)."""
+    if kind in _DESCRIBERS:
+        return _DESCRIBERS[kind](params, recipe_dir)
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items() if _is_setting(v)})
+        elif _is_setting(value):
+            out[key] = value
+    return out
 
 
 @dataclasses.dataclass
@@ -320,6 +350,7 @@ class PlanItem:
     status: str  # "done", "run", "forced"
     params: dict[str, Any]
     fingerprint: str
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def plan(
@@ -334,6 +365,7 @@ def plan(
     for n in force:
         recipe.step(n)
     items = []
+    described: dict[str, dict[str, Any]] = {}  # the folds of a step share its settings
     for task in _select(recipe, until, only, fold):
         out = recipe.out_dir(task.step.name, task.fold)
         params = resolve(task.step.params, recipe, out, task.fold)
@@ -344,16 +376,21 @@ def plan(
             status = "done"
         else:
             status = "run"
-        items.append(PlanItem(task, status, params, fp))
+        if task.step.name not in described:
+            described[task.step.name] = task_settings(task.step.kind, params, recipe.path.parent)
+        items.append(PlanItem(task, status, params, fp, described[task.step.name]))
     return items
 
 
 def format_plan(items: list[PlanItem]) -> str:
+    """One line per task (number, status, label, kind, needs), then, indented, its settings."""
     lines = []
     for i, it in enumerate(items, 1):
         s = it.task.step
         needs = f"  <- {', '.join(s.needs)}" if s.needs else ""
         lines.append(f"{i:3d}. [{it.status:6s}] {it.task.label}  ({s.kind}){needs}")
+        if it.settings:
+            lines.append("       " + ", ".join(f"{k}={v}" for k, v in it.settings.items()))
     return "\n".join(lines)
 
 

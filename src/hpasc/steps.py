@@ -201,6 +201,32 @@ def _config_folds(loader: str):
     return count
 
 
+def _config_settings(loader: str, keys: tuple[str, ...]):
+    """The plan's view of a training step: ``keys`` of its config after the step's overrides."""
+
+    def settings(p: dict[str, Any], recipe_dir: Path) -> dict[str, Any]:
+        found, _ = _locate_config(str(p["config"]), recipe_dir)
+        if found is None:
+            return {}
+        cfg = _load(loader)(found, list(p.get("overrides", []) or []))
+        out = {}
+        for key in keys:
+            value = cfg
+            for part in key.split("."):
+                value = getattr(value, part)
+            out[key] = value
+        return out
+
+    return settings
+
+
+_CAM_LOADER = "hpasc.train.cam_config:load_image_level_config"
+_CELL_LOADER = "hpasc.train.cell_config:load_cell_level_config"
+#: what the plan shows of a training task (the settings where the reference and hpasc differ)
+CAM_SETTINGS = ("trainer.precision", "predict.upsample", "predict.precision")
+CELL_SETTINGS = ("model.input_range", "trainer.precision", "predict.precision")
+
+
 def _in_folder(path: str, name: str) -> Path:
     """A file given directly, or the file ``name`` inside a step's output folder."""
     return Path(path) / name if Path(path).is_dir() else Path(path)
@@ -217,29 +243,23 @@ def _train(p: dict[str, Any], ctx: TaskContext, loader: str, trainer: str) -> No
 
 
 @step_kind(
-    "train-image-level", n_folds=_config_folds("hpasc.train.cam_config:load_image_level_config")
+    "train-image-level",
+    n_folds=_config_folds(_CAM_LOADER),
+    settings=_config_settings(_CAM_LOADER, CAM_SETTINGS),
 )
 def train_image_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """config, overrides (list of a.b=value; paths may use ${data}, ${step:NAME}); with folds"""
-    _train(
-        p,
-        ctx,
-        "hpasc.train.cam_config:load_image_level_config",
-        "hpasc.train.image_level:train_fold",
-    )
+    _train(p, ctx, _CAM_LOADER, "hpasc.train.image_level:train_fold")
 
 
 @step_kind(
-    "train-cell-level", n_folds=_config_folds("hpasc.train.cell_config:load_cell_level_config")
+    "train-cell-level",
+    n_folds=_config_folds(_CELL_LOADER),
+    settings=_config_settings(_CELL_LOADER, CELL_SETTINGS),
 )
 def train_cell_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """config, overrides; with folds"""
-    _train(
-        p,
-        ctx,
-        "hpasc.train.cell_config:load_cell_level_config",
-        "hpasc.train.cell_level:train_fold",
-    )
+    _train(p, ctx, _CELL_LOADER, "hpasc.train.cell_level:train_fold")
 
 
 def _list(value: Any) -> list[str]:
@@ -292,12 +312,19 @@ def _average_image_tables(paths: list[Path], weights, out: Path) -> None:
 
 @step_kind("predict-image-level")
 def predict_image_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
-    """runs, images, masks, tta, batch_size -> ${out}/cells.parquet + images.parquet (mean of the folds)"""
+    """runs, images, masks, tta, upsample, precision, batch_size (None: the runs' predict.*) -> ${out}/cells.parquet + images.parquet (mean of the folds)"""
     from hpasc.predict import PredictOptions, predict_fields, write_predictions
     from hpasc.train.runs import find_fold_dirs
 
-    p = _take(p, ctx, ("runs", "images", "masks"), {"tta": None, "batch_size": None})
-    options = PredictOptions(tta=p["tta"], batch_size=p["batch_size"])
+    p = _take(
+        p,
+        ctx,
+        ("runs", "images", "masks"),
+        {"tta": None, "upsample": None, "precision": None, "batch_size": None},
+    )
+    options = PredictOptions(
+        tta=p["tta"], upsample=p["upsample"], precision=p["precision"], batch_size=p["batch_size"]
+    )
     cells, images = predict_fields(
         find_fold_dirs(_list(p["runs"])), p["images"], p["masks"], options
     )
@@ -306,13 +333,13 @@ def predict_image_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
 
 @step_kind("predict-cell-level")
 def predict_cell_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
-    """runs, crops, tta, batch_size -> ${out}/cells.parquet (+ images.parquet; mean of the folds)"""
+    """runs, crops, tta, precision, batch_size (None: the runs' predict.*) -> ${out}/cells.parquet (+ images.parquet; mean of the folds)"""
     from hpasc.predict import PredictOptions, write_predictions
     from hpasc.predict_cells import predict_cell_fields
     from hpasc.train.runs import find_fold_dirs
 
-    p = _take(p, ctx, ("runs", "crops"), {"tta": None, "batch_size": None})
-    options = PredictOptions(tta=p["tta"], batch_size=p["batch_size"])
+    p = _take(p, ctx, ("runs", "crops"), {"tta": None, "precision": None, "batch_size": None})
+    options = PredictOptions(tta=p["tta"], precision=p["precision"], batch_size=p["batch_size"])
     cells, images = predict_cell_fields(find_fold_dirs(_list(p["runs"])), p["crops"], options)
     write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
 

@@ -1,9 +1,11 @@
 """The cell-level classifier: a timm backbone on 8-plane cell crops, one logit vector per cell.
 
 Input: B×8×S×S crops (planes r,r,g,g,b,b,y,y: a fixed-scale window around the nucleus and the
-whole cell resized, for each stain) as floats in [0, 1]. Optional per-crop, per-plane
-InstanceNorm (no affine, no running statistics; on in the reference, which makes the input scale
-irrelevant), a timm backbone with ``in_chans=8`` and global pooling, then a linear head (with
+whole cell resized, for each stain) as floats: in [0, 1] (``input_range: unit``, hpasc's default)
+or the raw 0…255 values (``raw``, the reference). Optional per-crop, per-plane InstanceNorm (no
+affine, no running statistics; on in the reference). The scale is not irrelevant to it: its eps
+(1e-5) is added to the variance, so a dim plane scaled to [0, 1] is damped (a cell of mean grey
+level 1: output std ratio 0.54) where the raw values pass unchanged. Then a timm backbone with ``in_chans=8`` and global pooling, then a linear head (with
 bias, as timm's own classifier) or the cosine head shared with the CAM model.
 """
 
@@ -20,6 +22,7 @@ from hpasc.models.backbone import build_with_init, create_backbone, input_norm
 from hpasc.models.heads import build_head
 
 HEADS = ("linear", "cosine")
+INPUT_RANGES = ("unit", "raw")
 
 
 @dataclass
@@ -35,6 +38,7 @@ class CellModelConfig:
     pretrained: bool = False
     init_from: str | None = None
     instance_norm_input: bool = True
+    input_range: str = "unit"  # uint8 crops → floats: "unit" (/255) or "raw" (0…255, reference)
     head: str = "linear"  # "linear" (with bias) or "cosine"
     cosine_scale: float = 20.0
     in_chans: int = 8

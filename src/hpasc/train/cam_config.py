@@ -18,6 +18,9 @@ from hpasc.models.losses import CONSISTENCY_CRITERIA, OBJECTIVES
 from hpasc.train.optim import OptimConfig
 from hpasc.train.trainer import TrainerConfig
 
+#: ``predict.precision`` values (as Lightning's ``trainer.precision`` names them)
+INFERENCE_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+
 
 @dataclass
 class SourceConfig:
@@ -93,6 +96,9 @@ class PredictConfig:
     batch_size: int = 4
     checkpoint: str = "last"  # "last", "best" or a path
     after_fit: bool = True  # predict this fold's validation fields when training ends
+    precision: str = (
+        "auto"  # auto (bf16/fp16 autocast on GPU), 32-true (the reference), bf16-mixed, 16-mixed
+    )
 
 
 @dataclass
@@ -145,6 +151,7 @@ def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
     check_choice(cfg.model.head, ("conv", "cosine"), "model.head")
     check_choice(cfg.predict.tta or "none", ("d4", "none"), "predict.tta")
     check_choice(cfg.predict.upsample, ("bilinear", "nearest"), "predict.upsample")
+    check_choice(cfg.predict.precision, INFERENCE_PRECISIONS, "predict.precision")
     t = cfg.consistency.hard_label_threshold
     if t is not None and not 0.5 <= t <= 1.0:
         raise ConfigError(f"consistency.hard_label_threshold: {t} must be in [0.5, 1]")

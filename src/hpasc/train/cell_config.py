@@ -13,9 +13,14 @@ from pathlib import Path
 
 from hpasc.data.crops import CropSourceConfig
 from hpasc.errors import ConfigError
-from hpasc.models.cell import HEADS, CellModelConfig
+from hpasc.models.cell import HEADS, INPUT_RANGES, CellModelConfig
 from hpasc.models.losses import OBJECTIVES
-from hpasc.train.cam_config import ValidationConfig, check_choice, check_data
+from hpasc.train.cam_config import (
+    INFERENCE_PRECISIONS,
+    ValidationConfig,
+    check_choice,
+    check_data,
+)
 from hpasc.train.optim import OptimConfig
 from hpasc.train.trainer import TrainerConfig
 
@@ -54,6 +59,9 @@ class CellPredictConfig:
     batch_size: int = 256
     checkpoint: str = "last"  # "last", "best" or a path
     after_fit: bool = True  # predict this fold's validation fields when training ends
+    precision: str = (
+        "auto"  # auto (bf16/fp16 autocast on GPU), 32-true (the reference), bf16-mixed, 16-mixed
+    )
 
 
 @dataclass
@@ -74,6 +82,8 @@ def validate(cfg: CellLevelConfig) -> CellLevelConfig:
     check_choice(cfg.loss.objective, OBJECTIVES, "loss.objective")
     check_choice(cfg.model.head, HEADS, "model.head")
     check_choice(cfg.predict.tta, ("d4", "none"), "predict.tta")
+    check_choice(cfg.model.input_range, INPUT_RANGES, "model.input_range")
+    check_choice(cfg.predict.precision, INFERENCE_PRECISIONS, "predict.precision")
     if not 0.0 <= cfg.loss.exclude_hardest < 1.0:
         raise ConfigError(f"loss.exclude_hardest: {cfg.loss.exclude_hardest} must be in [0, 1)")
     if not 0.0 <= cfg.augment.cutmix_p <= 1.0:

@@ -2,7 +2,7 @@
 
 One step (method spec §5.5):
 
-1. the uint8 crops become floats in [0, 1]; one random element of D4 for the whole batch;
+1. the uint8 crops become floats (in [0, 1], or 0…255 with ``model.input_range: raw``); one random element of D4 for the whole batch;
 2. CutMix with probability ``cutmix_p``: a box and a permutation; λ is recomputed from the
    clipped box (the fraction of each crop that stays its own) and the targets are mixed by it,
    ``λ·y + (1 − λ)·y[π]`` — for BCE the same as the reference's ``λ·BCE(y) + (1 − λ)·BCE(y[π])``;
@@ -31,9 +31,16 @@ from hpasc.train.metrics import classification_metrics
 from hpasc.train.optim import configure_optimizers
 
 
-def crops_to_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 crops (B×8×S×S) → float32 in [0, 1] (floats are passed through)."""
-    return x.float() * (1.0 / 255.0) if x.dtype == torch.uint8 else x.float()
+def crops_to_input(x: torch.Tensor, input_range: str = "unit") -> torch.Tensor:
+    """uint8 crops (B×8×S×S) → float32: in [0, 1] (``"unit"``) or the raw 0…255 values
+    (``"raw"``, as the reference feeds them); floats are passed through."""
+    if x.dtype != torch.uint8:
+        return x.float()
+    if input_range == "raw":
+        return x.float()
+    if input_range != "unit":
+        raise ValueError(f"input_range must be 'unit' or 'raw', got {input_range!r}")
+    return x.float() * (1.0 / 255.0)
 
 
 def mix_targets(y: torch.Tensor, box: CutMixBox) -> torch.Tensor:
@@ -103,8 +110,8 @@ class CellLevelModule(L.LightningModule):
         self._valid_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of crops (uint8 or float in [0, 1])."""
-        return self.model(crops_to_input(x))
+        """Logits of crops (uint8, or floats already in the model's input range)."""
+        return self.model(crops_to_input(x, self.cfg.model.input_range))
 
     # ----------------------------------------------------------------------------- training
 
@@ -127,7 +134,9 @@ class CellLevelModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
-        x, y = self.augment(crops_to_input(x), y.float(), self._step_rng())
+        x, y = self.augment(
+            crops_to_input(x, self.cfg.model.input_range), y.float(), self._step_rng()
+        )
         logits = self.model(x)
         losses = per_sample_loss(logits, y, self.cfg.loss.objective, self.cfg.loss.focal_gamma)
         loss = keep_easiest(losses, self.cfg.loss.exclude_hardest).mean()
