@@ -82,8 +82,13 @@ def test_missing_pseudo_labels_of_a_field_is_an_error(data):
     cfg = tiny_config(data)
     table = load_field_table(cfg.data)
     t = make_table([table.ids[0]], [1], np.zeros((1, 19)))
+    # with the list of predicted fields (an OOF table's images.parquet): up front
     with pytest.raises(InputError, match="no pseudo labels for 1 field"):
-        FieldDataset(table, [0, 1], cfg.data, "train", PseudoLabels(t))
+        FieldDataset(table, [0, 1], cfg.data, "train", PseudoLabels(t, fields=[table.ids[0]]))
+    # without it, a field with cells but no rows fails when read (a zero-cell field would not)
+    ds = FieldDataset(table, [0, 1], cfg.data, "train", PseudoLabels(t))
+    with pytest.raises(InputError, match=f"no pseudo labels for field '{table.ids[1]}'"):
+        ds[1]
 
 
 def test_augmentation_is_seeded_by_epoch_and_index(data):

@@ -15,7 +15,9 @@ reproducible whatever the number of DataLoader workers.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,9 +136,19 @@ def load_field_table(data_cfg, check_images: bool = True) -> FieldTable:
 
 
 class PseudoLabels:
-    """Per-cell target vectors of a cell table, looked up by (image_id, cell_id)."""
+    """Per-cell target vectors of a cell table, looked up by (image_id, cell_id).
 
-    def __init__(self, table: pd.DataFrame, source: str = "cell table") -> None:
+    ``fields``: every field the table's predictions covered (the ``images.parquet`` beside an
+    out-of-fold table), those without cells included. With it, a training field it lacks is
+    an error up front; without it, only a field that has cells but no rows is (when read).
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        source: str = "cell table",
+        fields: Iterable[str] | None = None,
+    ) -> None:
         from hpasc.cells import PROB_COLUMNS
 
         missing = {"image_id", "cell_id", *PROB_COLUMNS} - set(table.columns)
@@ -157,26 +169,40 @@ class PseudoLabels:
         self._by_field: dict[str, tuple[np.ndarray, np.ndarray]] = {
             str(image_ids[s]): (cells[s:e], probs[s:e]) for s, e in zip(starts, ends, strict=True)
         }
+        self.covered = None if fields is None else set(map(str, fields)) | set(self._by_field)
 
     @classmethod
-    def read(cls, path: str) -> PseudoLabels:
+    def read(cls, paths: str | list[str]) -> PseudoLabels:
+        """The cell table(s) at ``paths``; ``images.parquet`` beside each, when all have one,
+        tells which fields were predicted (zero-cell ones included)."""
         from hpasc.cells import read_table
 
-        return cls(read_table(path), source=str(path))
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        tables = [read_table(p) for p in paths]
+        images = [Path(p).with_name("images.parquet") for p in paths]
+        fields = None
+        if all(q.is_file() for q in images):
+            fields = set().union(*(pd.read_parquet(q, columns=["image_id"]).image_id for q in images))
+        table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+        return cls(table, source=", ".join(map(str, paths)), fields=fields)
 
     def __contains__(self, image_id: str) -> bool:
-        return image_id in self._by_field
+        """The field is known: it has rows, or (with ``fields``) it was predicted."""
+        return image_id in (self._by_field if self.covered is None else self.covered)
 
     def fields(self) -> set[str]:
         return set(self._by_field)
 
     def targets(self, image_id: str, cell_ids: np.ndarray) -> np.ndarray:
         """(n, 19) float32 targets of ``cell_ids`` of ``image_id``; a cell absent from the table
-        is an :class:`InputError` naming it."""
+        is an :class:`InputError` naming it. A field without cells needs no rows (the original
+        keeps such fields; their targets are empty)."""
+        cell_ids = np.asarray(cell_ids, dtype=np.int64)
         if image_id not in self._by_field:
+            if len(cell_ids) == 0:
+                return np.zeros((0, NUM_CLASSES), np.float32)
             raise InputError(f"{self.source}: no pseudo labels for field {image_id!r}")
         known, probs = self._by_field[image_id]
-        cell_ids = np.asarray(cell_ids, dtype=np.int64)
         pos = np.searchsorted(known, cell_ids)
         pos = np.minimum(pos, max(len(known) - 1, 0))
         ok = (known[pos] == cell_ids) if len(known) else np.zeros(len(cell_ids), bool)
@@ -291,8 +317,10 @@ class FieldDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         if pseudo is not None:
+            # zero-cell fields have no rows: without the table's field list they are told
+            # apart from missing ones only when read (PseudoLabels.targets)
             missing = [table.ids[r] for r in self.rows if table.ids[r] not in pseudo]
-            if missing:
+            if missing and pseudo.covered is not None:
                 raise InputError(
                     f"{pseudo.source}: no pseudo labels for {len(missing)} field(s), e.g. {missing[:3]}"
                 )

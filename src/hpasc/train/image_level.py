@@ -21,9 +21,6 @@ log = logging.getLogger("hpasc.train")
 
 
 def _pseudo_labels(cfg: ImageLevelConfig):
-    import pandas as pd
-
-    from hpasc.cells import read_table
     from hpasc.data.fields import PseudoLabels
 
     paths = list(
@@ -35,11 +32,7 @@ def _pseudo_labels(cfg: ImageLevelConfig):
     )
     if not paths:
         return None
-    tables = [read_table(p) for p in paths]
-    return PseudoLabels(
-        pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0],
-        source=", ".join(paths),
-    )
+    return PseudoLabels.read(paths)
 
 
 def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
