@@ -79,6 +79,28 @@ def test_training_dataset_keeps_a_field_without_cells_and_without_pseudo_labels(
         FieldDataset(table, rows, cfg.data, mode="train", pseudo=bad)[table.ids.index(other)]
 
 
+def test_image_level_prediction_of_a_field_without_cells(synth_zero):
+    """OOF and test prediction: the field gets image-level probabilities and no cell rows."""
+    import torch
+
+    from hpasc.data.fields import FieldDataset, FieldTable
+    from hpasc.models.cam import CAMClassifier
+    from hpasc.predict import predict_dataset
+    from hpasc.train.cam_config import load_image_level_config
+
+    data, empty = synth_zero
+    cfg = load_image_level_config(ROOT / "configs/image-level/tiny.yaml", [f"data.root={data}"])
+    torch.manual_seed(0)
+    model = CAMClassifier(cfg.model).eval()
+    ids = [empty, sorted(p.name[:-4] for p in (data / "masks").glob("*.png"))[1]]
+    table = FieldTable.unlabelled(ids, Store(data / "images"), Store(data / "masks"))
+    ds = FieldDataset(table, np.arange(2), cfg.data, mode="predict")
+    for upsample in ("nearest", "bilinear"):
+        cells, images = predict_dataset([model], ds, "none", upsample, 2, progress=False)
+        assert list(images.image_id) == ids and images.notna().all().all()
+        assert empty not in set(cells.image_id) and len(cells) > 0
+
+
 def test_crops_of_a_field_without_cells_are_an_empty_record(synth_zero, tmp_path):
     from hpasc.prepare import crop_set, read_crop_cell_table, read_crops
 
@@ -134,7 +156,11 @@ def _data_folder(root: Path) -> tuple[Path, dict[str, str]]:
 
     data, work = root / "data", root / "synth"
     empty = {}
-    for name, n, size, seed in (("train", 8, 128, 11), ("public", 6, 128, 12), ("test", 3, 160, 13)):
+    for name, n, size, seed in (
+        ("train", 8, 128, 11),
+        ("public", 6, 128, 12),
+        ("test", 3, 160, 13),
+    ):
         synthesize(work / name, n, size, seed, progress=False)
         empty[name] = _first_id(work / name / "masks")
         _zero_mask(work / name / "masks", empty[name])
@@ -220,7 +246,12 @@ def test_zero_cell_fields_pass_through_the_shrunken_reference_recipe(tmp_path, c
     # crops: an empty record, no rows in the cell table
     crops = pd.read_parquet(work / "crops-train-768" / "cells.parquet")
     assert empty["train"] not in set(crops.image_id) and crops.image_id.nunique() == 7
+    cell_oof = pd.read_parquet(work / "oof-cell-resnest50-768-stage2" / "cells.parquet")
+    assert cell_oof.image_id.nunique() == 12 and empty["train"] not in set(cell_oof.image_id)
     # test predictions, ensemble and submission
+    for step in ("test-cam-b2-stage3", "test-cell-resnest50-768-stage3"):
+        assert empty["test"] in set(pd.read_parquet(work / step / "images.parquet").image_id)
+        assert empty["test"] not in set(pd.read_parquet(work / step / "cells.parquet").image_id)
     ensemble = pd.read_parquet(work / "ensemble" / "cells.parquet")
     assert empty["test"] not in set(ensemble.image_id) and ensemble.image_id.nunique() == 2
     sub = pd.read_csv(work / "submission" / "submission.csv", keep_default_na=False)

@@ -182,7 +182,9 @@ class PseudoLabels:
         images = [Path(p).with_name("images.parquet") for p in paths]
         fields = None
         if all(q.is_file() for q in images):
-            fields = set().union(*(pd.read_parquet(q, columns=["image_id"]).image_id for q in images))
+            fields = set().union(
+                *(pd.read_parquet(q, columns=["image_id"]).image_id for q in images)
+            )
         table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
         return cls(table, source=", ".join(map(str, paths)), fields=fields)
 
