@@ -127,9 +127,9 @@ def test_submission_row_of_a_field_without_cells_is_empty(synth_zero, tmp_path):
     write_submission(data / "masks", [path], tmp_path / "submission.csv")
     sub = pd.read_csv(tmp_path / "submission.csv", keep_default_na=False)
     assert len(sub) == 8
-    row = sub[sub.ID == empty].iloc[0]
+    row = sub[sub["ID"] == empty].iloc[0]
     assert row.PredictionString == "" and (row.ImageWidth, row.ImageHeight) == (128, 128)
-    assert (sub[sub.ID != empty].PredictionString.str.len() > 0).all()
+    assert (sub[sub["ID"] != empty].PredictionString.str.len() > 0).all()
 
 
 # ------------------------------------------------------------------------- the whole recipe
@@ -256,7 +256,7 @@ def test_zero_cell_fields_pass_through_the_shrunken_reference_recipe(tmp_path, c
     assert empty["test"] not in set(ensemble.image_id) and ensemble.image_id.nunique() == 2
     sub = pd.read_csv(work / "submission" / "submission.csv", keep_default_na=False)
     assert len(sub) == 3 and sub.set_index("ID").loc[empty["test"], "PredictionString"] == ""
-    assert (sub[sub.ID != empty["test"]].PredictionString.str.len() > 0).all()
+    assert (sub[sub["ID"] != empty["test"]].PredictionString.str.len() > 0).all()
     done = json.loads((work / "submission" / ".hpasc-done.json").read_text())
     assert done["fingerprint"]
 
