@@ -3,7 +3,8 @@
 * CutMix (box sampler, mixing, and the exact inverse used to re-align class activation maps),
 * the dihedral group D4 (8 transforms and their inverses, for training and TTA),
 * drop-cell (erase random cells of a field),
-* a random affine transform of a batch (image bilinear, mask nearest).
+* a random affine transform of a batch (image bilinear, mask nearest),
+* the ER/MT green-channel synthesis of a training field (``p_er`` / ``p_mt``).
 
 Every random draw comes from a generator passed in by the caller.
 """
@@ -225,3 +226,56 @@ def affine(x: torch.Tensor, params: AffineParams, nearest: bool = False) -> torc
         return tvf.affine(x, **kwargs)
     # integer masks: ids are exact in float32 up to 2**24
     return tvf.affine(x.float(), **kwargs).round().to(x.dtype)
+
+
+# ----------------------------------------------------------------------- ER/MT green synthesis
+
+#: classes a synthesised green channel shows: a copy of yellow (ER), of red (microtubules)
+ER_CLASS, MT_CLASS = 6, 10
+
+
+@dataclass(frozen=True)
+class GreenSynthesis:
+    """The original's ``p_er`` / ``p_mt`` augmentation of a training field (off by default).
+
+    With probability ``p_er`` the protein (green) channel is replaced by a shifted, noisy copy
+    of the ER (yellow) channel and the image label becomes "Endoplasmic reticulum" only; else,
+    with probability ``p_mt``, by a copy of the microtubule (red) channel, label
+    "Microtubules" only. Copy: shifted by a random integer in [−max_shift, max_shift] per axis
+    (zero fill), plus Gaussian noise of std ``noise_std`` grey levels.
+    """
+
+    p_er: float = 0.0
+    p_mt: float = 0.0
+    noise_std: float = 25.0
+    max_shift: int = 20
+
+    @property
+    def enabled(self) -> bool:
+        return self.p_er > 0 or self.p_mt > 0
+
+
+def synthesize_green(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: GreenSynthesis
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, label)`` with the green channel synthesised as in :class:`GreenSynthesis`, or
+    unchanged. ``image`` H×W×4 uint8 (R, G, B, Y); the result is rounded back to uint8."""
+    if rng.random() < cfg.p_er:
+        source, cls = 3, ER_CLASS
+    elif rng.random() < cfg.p_mt:
+        source, cls = 0, MT_CLASS
+    else:
+        return image, label
+    h, w = image.shape[:2]
+    dy, dx = (int(v) for v in rng.integers(-cfg.max_shift, cfg.max_shift + 1, size=2))
+    shifted = np.zeros((h, w), np.float32)
+    src = image[..., source].astype(np.float32)
+    shifted[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = src[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    green = shifted + rng.normal(0.0, cfg.noise_std, size=(h, w)).astype(np.float32)
+    out = image.copy()
+    out[..., 1] = np.clip(np.rint(green), 0, 255).astype(np.uint8)
+    new_label = np.zeros_like(label)
+    new_label[cls] = 1
+    return out, new_label

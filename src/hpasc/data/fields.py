@@ -300,6 +300,7 @@ class FieldDataset(Dataset):
         pseudo: PseudoLabels | None = None,
         drop_cell_p: float = 0.0,
         seed: int = 0,
+        green_synthesis=None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -316,6 +317,8 @@ class FieldDataset(Dataset):
         )
         self.pseudo = pseudo
         self.drop_cell_p = drop_cell_p if mode == "train" else 0.0
+        # ER/MT green synthesis (hpasc.data.augment.GreenSynthesis), training only
+        self.green = green_synthesis if mode == "train" and green_synthesis is not None else None
         self.seed = seed
         self.epoch = 0
         if pseudo is not None:
@@ -353,14 +356,19 @@ class FieldDataset(Dataset):
         image, mask = self.read(i)
         local, cell_ids = renumber_cells(mask)
         rng = self._rng(i)
+        row = self.rows[i]
+        label = self.table.y[row].astype(np.float32)
+        if self.green is not None and self.green.enabled:
+            from hpasc.data.augment import synthesize_green
+
+            image, label = synthesize_green(image, label, rng, self.green)
         seeded = random.Random(int(rng.integers(2**63)))
         self.geometric.set_random_state(rng, seeded)
         out = self.geometric(image=image, mask=local)
         image, local = out["image"], out["mask"]
-        row = self.rows[i]
         item: dict[str, Any] = {
             "index": int(row),
-            "label": self.table.y[row].astype(np.float32),
+            "label": label,
             "cell_ids": cell_ids,
         }
         if self.mode == "train":

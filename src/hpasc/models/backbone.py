@@ -22,24 +22,60 @@ def input_norm(cfg: Any) -> nn.Module:
 
 
 def create_backbone(cfg: Any) -> nn.Module:
-    """The timm model ``cfg.arch`` without classifier (``num_classes=0``), ``cfg.in_chans`` planes."""
+    """The timm model ``cfg.arch`` without classifier (``num_classes=0``), ``cfg.in_chans`` planes.
+
+    ``cfg.remove_maxpool`` / ``cfg.remove_first_stride2`` (when the config has them): the
+    original's options to halve the stride of the feature map (a finer CAM), see
+    :func:`finer_stride`.
+    """
     import timm
 
-    return timm.create_model(
+    model = timm.create_model(
         cfg.arch,
         pretrained=cfg.pretrained,
         num_classes=0,
         in_chans=cfg.in_chans,
         **cfg.backbone_kwargs,
     )
+    finer_stride(
+        model,
+        getattr(cfg, "remove_maxpool", False),
+        getattr(cfg, "remove_first_stride2", False),
+    )
+    return model
+
+
+def finer_stride(model: nn.Module, remove_maxpool: bool, remove_first_stride2: bool) -> None:
+    """In place: ``remove_maxpool`` replaces the stem's ``maxpool`` (timm ResNet family) by an
+    identity; ``remove_first_stride2`` sets the stride of the first ``Conv2d`` to 1. Each
+    halves the network's output stride, as in the original."""
+    from hpasc.errors import ConfigError
+
+    if remove_maxpool:
+        if not isinstance(getattr(model, "maxpool", None), nn.Module):
+            raise ConfigError(
+                f"model.remove_maxpool: {type(model).__name__} has no stem 'maxpool' "
+                "(timm ResNet-family models have one)"
+            )
+        model.maxpool = nn.Identity()
+    if remove_first_stride2:
+        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if conv is None:
+            raise ConfigError("model.remove_first_stride2: the backbone has no Conv2d")
+        conv.stride = (1, 1)
 
 
 def build_with_init(model_cls: type[M], cfg: Any, fold: int | None = None) -> M:
-    """``model_cls(cfg)`` with ``cfg.init_from`` weights loaded when set (``{fold}`` → the fold)."""
+    """``model_cls(cfg)`` with ``cfg.init_from`` weights loaded when set (``{fold}`` → the fold).
+
+    ``cfg.init_strict`` (when the config has it) False: keys missing from the file or unknown
+    to the model are skipped with a warning (PyTorch's ``strict=False``), as the original
+    loaded a pretrained cell model.
+    """
     from hpasc.models.weights import load_weights
 
     model = model_cls(cfg)
     if cfg.init_from:
         path = cfg.init_from.replace("{fold}", str(fold if fold is not None else 0))
-        load_weights(model, path)
+        load_weights(model, path, strict=getattr(cfg, "init_strict", True))
     return model

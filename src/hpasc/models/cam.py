@@ -35,6 +35,8 @@ class CAMModelConfig:
     pretrained: bool = False
     init_from: str | None = None
     instance_norm_input: bool = True
+    remove_maxpool: bool = False  # the original's option (unused there): stem maxpool → identity
+    remove_first_stride2: bool = False  # the original's option (unused there): first conv stride 1
     head: str = "conv"  # "conv" (bias-free 1×1 convolution) or "cosine"
     cosine_scale: float = 20.0
     in_chans: int = 4

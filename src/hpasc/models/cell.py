@@ -37,6 +37,7 @@ class CellModelConfig:
     arch: str = "resnest50d"
     pretrained: bool = False
     init_from: str | None = None
+    init_strict: bool = True  # False: skip keys the init_from file or the model lacks (original)
     instance_norm_input: bool = True
     input_range: str = "unit"  # uint8 crops → floats: "unit" (/255) or "raw" (0…255, reference)
     head: str = "linear"  # "linear" (with bias) or "cosine"

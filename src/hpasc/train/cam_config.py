@@ -72,6 +72,10 @@ class ConsistencyConfig:
     )
     targets: str = "all"  # "all" or "positive_only" (classes of the image label only)
     hard_label_threshold: float | None = None  # p ≥ t → 1, p ≤ 1−t → 0, others ignored
+    # the original's per-cell area weighting (unused there): weight min(1, area/threshold) of
+    # edge / interior cells, area in training-crop pixels; both set to enable (768 px: 11250, 4500)
+    edge_area_threshold: float | None = None
+    center_area_threshold: float | None = None
 
 
 @dataclass
@@ -85,6 +89,10 @@ class AugmentConfig:
     angle_limit: float = 0.0  # heavy-view affine: rotation U(−a, a) degrees
     shear_limit: float = 0.0  # shear U(−s, s) degrees per axis
     scale_limit: float = 0.0  # scale 1 + U(−l, l)
+    p_er: float = 0.0  # green := noisy shifted yellow, label ER only (the original's, unused there)
+    p_mt: float = 0.0  # green := noisy shifted red, label microtubules only
+    ermt_noise_std: float = 25.0  # Gaussian noise of the synthesised green (grey levels)
+    ermt_max_shift: int = 20  # shift U{−s..s} per axis, zero fill
 
 
 @dataclass
@@ -152,6 +160,14 @@ def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
     check_choice(cfg.predict.tta or "none", ("d4", "none"), "predict.tta")
     check_choice(cfg.predict.upsample, ("bilinear", "nearest"), "predict.upsample")
     check_choice(cfg.predict.precision, INFERENCE_PRECISIONS, "predict.precision")
+    for key in ("p_er", "p_mt"):
+        if not 0.0 <= getattr(cfg.augment, key) <= 1.0:
+            raise ConfigError(f"augment.{key}: {getattr(cfg.augment, key)} must be in [0, 1]")
+    thresholds = (cfg.consistency.edge_area_threshold, cfg.consistency.center_area_threshold)
+    if (thresholds[0] is None) != (thresholds[1] is None):
+        raise ConfigError(
+            "consistency.edge_area_threshold and consistency.center_area_threshold: set both or neither"
+        )
     t = cfg.consistency.hard_label_threshold
     if t is not None and not 0.5 <= t <= 1.0:
         raise ConfigError(f"consistency.hard_label_threshold: {t} must be in [0.5, 1]")

@@ -26,7 +26,7 @@ import torch
 
 from hpasc.data.augment import affine, cutmix, inverse_cutmix, sample_affine, sample_cutmix_boxes
 from hpasc.models.cam import build_cam_model, cell_logits, upsample_cam
-from hpasc.models.losses import classification_loss, consistency_loss
+from hpasc.models.losses import classification_loss, consistency_loss, small_cell_weights
 from hpasc.models.pooling import cell_mean_pool
 from hpasc.train.metrics import classification_metrics
 from hpasc.train.optim import configure_optimizers
@@ -175,6 +175,14 @@ class CAMConsistencyModule(L.LightningModule):
             valid = valid & ((targets >= t) | (targets <= 1.0 - t))
             targets = (targets >= t).float()
         targets = torch.nan_to_num(targets, nan=0.0)
+        weights = None
+        if cfg.consistency.edge_area_threshold is not None:
+            weights = small_cell_weights(
+                mask,
+                counts,
+                cfg.consistency.edge_area_threshold,
+                cfg.consistency.center_area_threshold,
+            )
         cons_loss = consistency_loss(
             heavy_means,
             targets,
@@ -182,6 +190,7 @@ class CAMConsistencyModule(L.LightningModule):
             cfg.consistency.criterion,
             target_logits,
             cfg.loss.focal_gamma,
+            weights,
         )
         alpha = self.alpha()
         loss = cfg.loss.class_weight * class_loss + alpha * cons_loss

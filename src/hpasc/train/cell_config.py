@@ -49,6 +49,9 @@ class CellAugmentConfig:
     """Batch augmentations of the training step (on the device)."""
 
     d4: bool = True  # one random element of D4 (rotations/flips) per batch
+    angle_limit: float = 0.0  # affine per batch (the original's, unused there): rotation U(−a, a)°
+    shear_limit: float = 0.0  # shear U(−s, s) degrees per axis
+    scale_limit: float = 0.0  # scale 1 + U(−l, l)
     cutmix_p: float = 1.0  # probability of CutMix per batch
     cutmix_alpha: float = 1.0  # λ ~ Beta(α, α) sizes the box; the loss uses the clipped box's λ
 

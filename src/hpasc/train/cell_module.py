@@ -2,7 +2,8 @@
 
 One step (method spec §5.5):
 
-1. the uint8 crops become floats (in [0, 1], or 0…255 with ``model.input_range: raw``); one random element of D4 for the whole batch;
+1. the uint8 crops become floats (in [0, 1], or 0…255 with ``model.input_range: raw``); one
+   random element of D4 for the whole batch; optionally one random affine transform;
 2. CutMix with probability ``cutmix_p``: a box and a permutation; λ is recomputed from the
    clipped box (the fraction of each crop that stays its own) and the targets are mixed by it,
    ``λ·y + (1 − λ)·y[π]`` — for BCE the same as the reference's ``λ·BCE(y) + (1 − λ)·BCE(y[π])``;
@@ -24,7 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hpasc.data.augment import CutMixBox, cutmix, d4_transform, sample_cutmix_box
+from hpasc.data.augment import (
+    CutMixBox,
+    affine,
+    cutmix,
+    d4_transform,
+    sample_affine,
+    sample_cutmix_box,
+)
 from hpasc.models.cell import build_cell_model
 from hpasc.models.losses import focal_loss_elementwise
 from hpasc.train.metrics import classification_metrics
@@ -122,10 +130,13 @@ class CellLevelModule(L.LightningModule):
     def augment(
         self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """D4 and CutMix of a batch (floats) and its targets."""
+        """D4, affine (when a limit is set) and CutMix of a batch (floats) and its targets, in
+        the original's order."""
         aug = self.cfg.augment
         if aug.d4:
             x = d4_transform(x, int(rng.integers(8)))
+        if max(aug.angle_limit, aug.shear_limit, aug.scale_limit) > 0:
+            x = affine(x, sample_affine(rng, aug.angle_limit, aug.shear_limit, aug.scale_limit))
         b, _, h, w = x.shape
         if b > 1 and aug.cutmix_p > 0 and rng.random() < aug.cutmix_p:
             box = sample_cutmix_box(b, h, w, rng, aug.cutmix_alpha)

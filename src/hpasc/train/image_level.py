@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpasc.data.augment import GreenSynthesis
 from hpasc.train import runs
 from hpasc.train.cam_config import ImageLevelConfig, resolve_path
 from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
@@ -114,6 +115,9 @@ def train_fold(
         _pseudo_labels(cfg),
         cfg.augment.drop_cell_p,
         seed=cfg.trainer.seed + 1000 * fold,
+        green_synthesis=GreenSynthesis(
+            cfg.augment.p_er, cfg.augment.p_mt, cfg.augment.ermt_noise_std, cfg.augment.ermt_max_shift
+        ),
     )
     valid_ds = FieldDataset(table, valid_rows, cfg.data, "valid")
     train_loader, valid_loader = _loaders(cfg, train_ds, valid_ds)
