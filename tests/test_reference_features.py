@@ -2,7 +2,6 @@
 synthesis, area weighting of the consistency loss, remove_maxpool / remove_first_stride2,
 cell-level affine augmentation, non-strict loading of a pretrained cell model."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -156,3 +155,17 @@ def test_non_strict_init_loads_what_fits(tmp_path):
         )
     for k, v in model.backbone.state_dict().items():
         assert torch.equal(v, donor.backbone.state_dict()[k]), k
+
+
+def test_smp_unet_backbone_gives_a_full_resolution_cam():
+    from hpasc.models.cam import CAMClassifier, CAMModelConfig
+    from hpasc.models.cell import CellClassifier, CellModelConfig
+
+    x = torch.rand(2, 4, 64, 64)
+    model = CAMClassifier(CAMModelConfig(arch="smp-Unet-tu-test_resnet"))
+    assert model.backbone.num_features == 16  # smp Unet's last decoder width
+    assert model(x).shape == (2, 19, 64, 64)
+    cell = CellClassifier(CellModelConfig(arch="smp-Unet-tu-test_resnet"))
+    assert cell(torch.rand(2, 8, 32, 32)).shape == (2, 19)
+    with pytest.raises(ConfigError, match="smp-<Arch>-<encoder>"):
+        CAMClassifier(CAMModelConfig(arch="smp-Unet"))

@@ -21,15 +21,71 @@ def input_norm(cfg: Any) -> nn.Module:
     return nn.InstanceNorm2d(cfg.in_chans) if cfg.instance_norm_input else nn.Identity()
 
 
+SMP_PREFIX = "smp-"
+
+
+class SMPFeatures(nn.Module):
+    """A ``segmentation_models_pytorch`` encoder + decoder as a backbone (the original's
+    ``smp-<Arch>-<encoder>`` archs, e.g. ``smp-Unet-resnet18``, ``smp-Unet-tu-<timm name>``):
+    :meth:`forward_features` is the decoder's output (input resolution, ``num_features``
+    planes), :meth:`forward` its spatial mean."""
+
+    def __init__(self, name: str, in_chans: int, pretrained: bool, **kwargs: Any) -> None:
+        import torch
+
+        from hpasc.errors import ConfigError
+
+        super().__init__()
+        parts = name.split("-", 2)
+        if len(parts) != 3 or not all(parts):
+            raise ConfigError(
+                f"model.arch: {name!r} must be smp-<Arch>-<encoder>, e.g. smp-Unet-resnet18"
+            )
+        try:
+            import segmentation_models_pytorch as smp
+        except ImportError as exc:
+            raise ConfigError(
+                f"model.arch {name!r} needs segmentation-models-pytorch (pip install segmentation-models-pytorch)"
+            ) from exc
+        try:
+            model = smp.create_model(
+                parts[1],
+                encoder_name=parts[2],
+                encoder_weights="imagenet" if pretrained else None,
+                in_channels=in_chans,
+                classes=1,
+                **kwargs,
+            )
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"model.arch {name!r}: {exc}") from exc
+        self.encoder, self.decoder = model.encoder, model.decoder
+        # the decoder's width is known only by running it: once, small, in eval mode (no
+        # batch-norm statistics move)
+        self.eval()
+        with torch.no_grad():
+            probe = self.forward_features(torch.zeros(1, in_chans, 64, 64))
+        self.train()
+        self.num_features = int(probe.shape[1])
+
+    def forward_features(self, x):
+        return self.decoder(self.encoder(x))
+
+    def forward(self, x):
+        return self.forward_features(x).mean(dim=(-2, -1))
+
+
 def create_backbone(cfg: Any) -> nn.Module:
     """The timm model ``cfg.arch`` without classifier (``num_classes=0``), ``cfg.in_chans`` planes.
 
-    ``cfg.remove_maxpool`` / ``cfg.remove_first_stride2`` (when the config has them): the
-    original's options to halve the stride of the feature map (a finer CAM), see
-    :func:`finer_stride`.
+    ``smp-<Arch>-<encoder>``: a U-Net-style decoder from segmentation_models_pytorch
+    (:class:`SMPFeatures`). ``cfg.remove_maxpool`` / ``cfg.remove_first_stride2`` (when the
+    config has them): the original's options to halve the stride of the feature map (a finer
+    CAM), see :func:`finer_stride`.
     """
     import timm
 
+    if cfg.arch.startswith(SMP_PREFIX):
+        return SMPFeatures(cfg.arch, cfg.in_chans, cfg.pretrained, **cfg.backbone_kwargs)
     model = timm.create_model(
         cfg.arch,
         pretrained=cfg.pretrained,

@@ -116,7 +116,10 @@ def train_fold(
         cfg.augment.drop_cell_p,
         seed=cfg.trainer.seed + 1000 * fold,
         green_synthesis=GreenSynthesis(
-            cfg.augment.p_er, cfg.augment.p_mt, cfg.augment.ermt_noise_std, cfg.augment.ermt_max_shift
+            cfg.augment.p_er,
+            cfg.augment.p_mt,
+            cfg.augment.ermt_noise_std,
+            cfg.augment.ermt_max_shift,
         ),
     )
     valid_ds = FieldDataset(table, valid_rows, cfg.data, "valid")
