@@ -15,7 +15,8 @@ import sys
 import typer
 
 from hpasc import __version__
-from hpasc.errors import HpascError
+from hpasc.commands import APP_SETTINGS
+from hpasc.errors import HpascError, environment_error
 
 app = typer.Typer(
     name="hpasc",
@@ -23,10 +24,10 @@ app = typer.Typer(
         "Segment every cell in Human Protein Atlas images and predict, per cell, where the "
         "protein is (19 classes), trained from image-level labels only."
     ),
-    no_args_is_help=True,
-    add_completion=False,
+    epilog="Exit codes: 0 done; 1 some fields failed (see OUT/errors.csv); 2 a usage, input or "
+    "environment error (one 'error: ...' line), or no command given (this help); 130 interrupted.",
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    **APP_SETTINGS,
 )
 
 _DEBUG = {"on": False}
@@ -93,34 +94,75 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _usage_line(exc: Exception) -> str:
+    """One line for a click usage error, whichever click raised it (Typer's vendored copy or the
+    real package): the command, the message and where to get help."""
+    ctx = getattr(exc, "ctx", None)
+    message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+    if ctx is None:
+        return f"error: {message}"
+    path = ctx.command_path
+    return f"error: {path}: {message} (see '{path} --help')"
+
+
+def _is_click_exception(exc: BaseException) -> bool:
+    # Typer >= 0.22 vendors click as ``typer._click`` with its own exception classes, so
+    # ``isinstance(exc, click.ClickException)`` misses them; both kinds carry these two members.
+    return callable(getattr(exc, "format_message", None)) and isinstance(
+        getattr(exc, "exit_code", None), int
+    )
+
+
+def _show_help_instead(exc: BaseException) -> bool:
+    """True for click's "no arguments given, show help" signal (a usage error in click >= 8.2)."""
+    return type(exc).__name__ == "NoArgsIsHelpError"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script: user errors become one line and a non-zero exit."""
+    """Entry point of the console script: user errors become one line and a non-zero exit.
+
+    Exit codes: 0 success, 1 some fields failed (listed in errors.csv), 2 a user error (bad
+    option, input, config or environment: one ``error: ...`` line; ``hpasc`` or a command group
+    without a sub-command prints its help and exits 2 too), 130 interrupted.
+    """
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=argv, prog_name="hpasc", standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except HpascError as exc:
-        if _DEBUG["on"]:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(exc, str(exc))
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+    except (typer.Exit, typer.Abort) as exc:
+        if isinstance(exc, typer.Abort):
             typer.echo("error: aborted", err=True)
             sys.exit(1)
-        raise
+        sys.exit(getattr(exc, "exit_code", 0))
+    except OSError as exc:
+        message = environment_error(exc)
+        if message is None:
+            raise
+        _fail(exc, message)
+    except Exception as exc:
+        if _show_help_instead(exc):
+            typer.echo(exc.ctx.get_help())  # type: ignore[attr-defined]
+            sys.exit(2)
+        if not _is_click_exception(exc):
+            raise
+        if _DEBUG["on"]:
+            raise
+        typer.echo(_usage_line(exc), err=True)
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+
+
+def _fail(exc: BaseException, message: str) -> None:
+    if _DEBUG["on"]:
+        raise exc
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,18 @@ from __future__ import annotations
 import typer
 
 
+# Settings of every Typer app of hpasc. Help texts are plain text: they name paths like
+# ``x.zip[/sub]`` that rich markup would take for tags (and crash on).
+APP_SETTINGS: dict = {
+    "no_args_is_help": True,
+    "add_completion": False,
+    "rich_markup_mode": None,
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+}
+
+
 def _group(help_text: str) -> typer.Typer:
-    return typer.Typer(help=help_text, no_args_is_help=True, add_completion=False)
+    return typer.Typer(help=help_text, **APP_SETTINGS)
 
 
 train_app = _group("Train a model per fold (image-level CAM model or cell-level crop model).")
