@@ -137,6 +137,10 @@ def _read_csv(path_or_text: str | Path | bytes) -> tuple[pd.DataFrame, str]:
         # Both tables are comma-separated (the public-HPA '.tsv' too); sniff tabs just in case.
         sep = "\t" if "\t" in path.open().readline() else ","
         return pd.read_csv(path, dtype=str, sep=sep, keep_default_na=False), str(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(
+            f"{path} is empty; a label table needs a header (ID,Label) and one row per field"
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not a readable CSV table: {exc}") from exc
 
@@ -193,8 +197,10 @@ def read_public_hpa_labels(path: str | Path | bytes) -> LabelTable:
 
 
 def read_labels(path: str | Path) -> LabelTable:
-    """Read either table kind, chosen by its header."""
+    """Read either table kind, chosen by its header; a table without fields is an InputError."""
     df, _ = _read_csv(path)
-    if "Label_idx" in df.columns:
-        return read_public_hpa_labels(path)
-    return read_kaggle_labels(path)
+    reader = read_public_hpa_labels if "Label_idx" in df.columns else read_kaggle_labels
+    table = reader(path)
+    if not len(table):
+        raise InputError(f"{path}: the table lists no fields; add one row per field")
+    return table

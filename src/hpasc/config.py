@@ -142,18 +142,27 @@ def from_dict(
     try:
         cfg: DictConfig = OmegaConf.structured(schema)
         cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
-        for (key, value), raw in zip(parse_overrides(list(overrides)), overrides, strict=True):
-            tp = _resolve_path(schema, key)
-            if value is None and tp is str:  # "none" is a legal value of a plain string option
-                value = raw.split("=", 1)[1]
+    except OmegaConfBaseException as exc:
+        raise _bad_value(exc, f"bad config value{where}") from exc
+    for (key, value), raw in zip(parse_overrides(list(overrides)), overrides, strict=True):
+        tp = _resolve_path(schema, key)
+        if value is None and tp is str:  # "none" is a legal value of a plain string option
+            value = raw.split("=", 1)[1]
+        try:
             OmegaConf.update(cfg, key, value, merge=False)
+        except OmegaConfBaseException as exc:
+            # the override, not the file, holds the bad value: name it as typed
+            raise _bad_value(exc, f"override '{raw}'") from exc
+    try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
-        msg = str(exc).splitlines()[0]
-        key = getattr(exc, "full_key", None)
-        raise ConfigError(
-            f"bad config value{where}" + (f" for '{key}'" if key else "") + f": {msg}"
-        ) from exc
+        raise _bad_value(exc, f"bad config value{where}") from exc
+
+
+def _bad_value(exc: OmegaConfBaseException, what: str) -> ConfigError:
+    msg = str(exc).splitlines()[0]
+    key = getattr(exc, "full_key", None)
+    return ConfigError(f"{what}" + (f" for '{key}'" if key else "") + f": {msg}")
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
@@ -176,7 +185,17 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
     try:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise yaml_error(path, exc) from exc
+
+
+def yaml_error(path: str | Path, exc: yaml.YAMLError) -> ConfigError:
+    """A :class:`ConfigError` naming the file, line and column of a YAML syntax error."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    detail = f"{problem} ({context})" if context else problem
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return ConfigError(f"{path}: not valid YAML{at}: {detail}; fix the file")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -205,3 +224,38 @@ def config_search_path() -> list[Path]:
         if d.is_dir() and d.resolve() not in [f.resolve() for f in found]:
             found.append(d)
     return found
+
+
+def check_range(
+    value: float | None,
+    key: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    optional: bool = False,
+) -> None:
+    """:class:`ConfigError` naming ``key`` and the valid range unless ``low <= value <= high``.
+
+    ``low_open`` excludes ``low`` itself; ``optional`` lets None through.
+    """
+    if value is None and optional:
+        return
+    below = value is not None and low is not None and (value <= low if low_open else value < low)
+    above = value is not None and high is not None and value > high
+    if value is None or below or above:
+        if low is not None and high is not None:
+            valid = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        elif low is not None:
+            valid = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            valid = f"<= {high:g}"
+        none = " or null" if optional else ""
+        raise ConfigError(f"{key}: {value} is out of range; valid: {valid}{none}")
+
+
+def check_ranges(cfg: Any, prefix: str, ranges: dict[str, tuple]) -> None:
+    """:func:`check_range` for each ``field: (low, high[, options])`` of ``ranges`` on ``cfg``."""
+    for name, spec in ranges.items():
+        low, high, *rest = spec
+        check_range(getattr(cfg, name), f"{prefix}.{name}", low, high, **(rest[0] if rest else {}))

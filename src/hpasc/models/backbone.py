@@ -74,6 +74,23 @@ class SMPFeatures(nn.Module):
         return self.forward_features(x).mean(dim=(-2, -1))
 
 
+def check_arch(arch: str, key: str = "model.arch") -> None:
+    """:class:`ConfigError` naming ``key`` and the closest timm names unless timm knows ``arch``."""
+    import difflib
+
+    import timm
+
+    from hpasc.errors import ConfigError
+
+    if arch.startswith(SMP_PREFIX) or timm.is_model(arch):
+        return  # smp-<Arch>-<encoder> names are checked by SMPFeatures
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.5)
+    hint = f"; closest timm names: {', '.join(close)}" if close else ""
+    raise ConfigError(
+        f"{key}: {arch!r} is not a timm model{hint} (all names: timm.list_models(); or smp-<Arch>-<encoder>)"
+    )
+
+
 def create_backbone(cfg: Any) -> nn.Module:
     """The timm model ``cfg.arch`` without classifier (``num_classes=0``), ``cfg.in_chans`` planes.
 

@@ -136,13 +136,66 @@ def check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
 
 
+_PROBABILITY = (0, 1)
+_POSITIVE = (0, None, {"low_open": True})
+_DATA_RANGES = {
+    "n_folds": (2, None),
+    "fold_seed": (0, None),
+    "batch_size": (1, None),
+    "valid_batch_size": (1, None, {"optional": True}),
+    "num_workers": (0, None),
+}
+_IMAGE_RANGES = {
+    "data": {
+        "crop_size": (32, None, {"optional": True}),
+        "valid_crop_size": (32, None, {"optional": True}),
+        "hflip_p": _PROBABILITY,
+        "vflip_p": _PROBABILITY,
+        "std": _POSITIVE,
+    },
+    "loss": {"focal_gamma": (0, None), "class_weight": (0, None)},
+    "consistency": {"max_alpha": (0, None), "alpha_ramp": _PROBABILITY},
+    "augment": {
+        "cutmix_p": _PROBABILITY,
+        "cutmix_heavy_p": _PROBABILITY,
+        "cutmix_repeat": (1, None),
+        "drop_cell_p": _PROBABILITY,
+        "angle_limit": (0, 180),
+        "shear_limit": (0, 90),
+        "scale_limit": _PROBABILITY,
+    },
+    "predict": {"batch_size": (1, None)},
+}
+_MODEL_RANGES = {"cosine_scale": _POSITIVE, "in_chans": (1, None)}
+
+
+def check_sections(cfg: Any, ranges: dict[str, dict[str, tuple]]) -> None:
+    """:func:`hpasc.config.check_ranges` of each section of ``cfg`` named in ``ranges``."""
+    from hpasc.config import check_ranges
+
+    for section, fields in ranges.items():
+        check_ranges(getattr(cfg, section), section, fields)
+
+
+def check_common(cfg: Any) -> None:
+    """Checks both schemas share: trainer, optim and model sections (``model.arch`` a timm name)."""
+    from hpasc.config import check_ranges
+    from hpasc.models.backbone import check_arch
+    from hpasc.train.optim import validate_optim
+    from hpasc.train.trainer import validate_trainer
+
+    validate_trainer(cfg.trainer)
+    validate_optim(cfg.optim)
+    check_ranges(cfg.model, "model", _MODEL_RANGES)
+    check_arch(cfg.model.arch)
+
+
 def check_data(data: Any, required: tuple[str, ...]) -> None:
-    """Checks of a ``data`` section both schemas share: fold count, batch size, and the
-    ``required`` paths of every source."""
-    if data.n_folds < 2:
-        raise ConfigError(f"data.n_folds: {data.n_folds} must be at least 2")
-    if data.batch_size < 1:
-        raise ConfigError(f"data.batch_size: {data.batch_size} must be at least 1")
+    """Checks of a ``data`` section both schemas share: fold count, batch size, workers, and
+    the ``required`` paths of every source."""
+    from hpasc.config import check_ranges
+
+    check_ranges(data, "data", _DATA_RANGES)
     for i, src in enumerate(data.sources):
         for key in required:
             if not getattr(src, key):
@@ -172,6 +225,8 @@ def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
     if t is not None and not 0.5 <= t <= 1.0:
         raise ConfigError(f"consistency.hard_label_threshold: {t} must be in [0.5, 1]")
     check_data(cfg.data, ("images", "masks", "labels"))
+    check_sections(cfg, _IMAGE_RANGES)
+    check_common(cfg)
     pseudo = [bool(s.pseudo_labels) for s in cfg.data.sources]
     if any(pseudo) and not all(pseudo):
         raise ConfigError("data.sources: set pseudo_labels on every source or on none")

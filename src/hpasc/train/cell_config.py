@@ -19,7 +19,9 @@ from hpasc.train.cam_config import (
     INFERENCE_PRECISIONS,
     ValidationConfig,
     check_choice,
+    check_common,
     check_data,
+    check_sections,
 )
 from hpasc.train.optim import OptimConfig
 from hpasc.train.trainer import TrainerConfig
@@ -80,6 +82,14 @@ class CellLevelConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
+_RANGES = {
+    "data": {"shuffle_buffer": (1, None)},
+    "loss": {"focal_gamma": (0, None)},
+    "augment": {"cutmix_alpha": (0, None, {"low_open": True})},
+    "predict": {"batch_size": (1, None)},
+}
+
+
 def validate(cfg: CellLevelConfig) -> CellLevelConfig:
     """Check values the schema types cannot express; raise :class:`ConfigError` naming the key."""
     check_choice(cfg.loss.objective, OBJECTIVES, "loss.objective")
@@ -92,6 +102,8 @@ def validate(cfg: CellLevelConfig) -> CellLevelConfig:
     if not 0.0 <= cfg.augment.cutmix_p <= 1.0:
         raise ConfigError(f"augment.cutmix_p: {cfg.augment.cutmix_p} must be in [0, 1]")
     check_data(cfg.data, ("crops", "labels"))
+    check_sections(cfg, _RANGES)
+    check_common(cfg)
     for i, src in enumerate(cfg.data.sources):
         if src.solution and not src.masks:
             raise ConfigError(

@@ -34,6 +34,25 @@ class OptimConfig:
     epoch_offset: int = 0  # shifts the schedule (continue a schedule in a new run)
 
 
+_RANGES = {
+    "lr": (0, None, {"low_open": True}),
+    "weight_decay": (0, None),
+    "warmup_epochs": (0, None),
+    "warmup_factor": (0, 1),
+    "gamma": (0, None, {"low_open": True}),
+    "epoch_offset": (0, None),
+}
+
+
+def validate_optim(cfg: OptimConfig) -> None:
+    """Check the optim section before any work starts."""
+    from hpasc.config import check_ranges
+
+    check_ranges(cfg, "optim", _RANGES)
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule: {cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
+
+
 def lr_factor(epoch: int, cfg: OptimConfig, max_epochs: int) -> float:
     """Multiplier of lr₀ at ``epoch`` (see the module docstring)."""
     e = epoch + cfg.epoch_offset

@@ -54,6 +54,34 @@ class TrainerConfig:
     monitor_mode: str = "max"
 
 
+_OPEN = {"low_open": True}
+_RANGES = {
+    "max_epochs": (1, None),
+    "num_nodes": (1, None),
+    "seed": (0, None),
+    "log_every_n_steps": (1, None),
+    "limit_train_batches": (0, None, _OPEN),
+    "limit_val_batches": (0, None),
+    "check_val_every_n_epoch": (1, None),
+    "num_sanity_val_steps": (-1, None),
+    "gradient_clip_val": (0, None, {"optional": True}),
+    "accumulate_grad_batches": (1, None),
+}
+
+
+def validate_trainer(cfg: TrainerConfig) -> None:
+    """Check the trainer section before any work starts (Lightning would fail later, mid-way)."""
+    from hpasc.config import check_ranges
+
+    check_ranges(cfg, "trainer", _RANGES)
+    unknown = [name for name in cfg.loggers if name not in LOGGERS]
+    if unknown:
+        raise ConfigError(f"trainer.loggers: {unknown[0]!r} is not one of {', '.join(LOGGERS)}")
+    if cfg.monitor_mode not in ("min", "max"):
+        raise ConfigError(f"trainer.monitor_mode: {cfg.monitor_mode!r} is not one of min, max")
+    _device_count(cfg.devices)
+
+
 def _is_gpu(accelerator: str) -> bool:
     import torch
 
