@@ -102,7 +102,25 @@ def _usage_line(exc: Exception) -> str:
     if ctx is None:
         return f"error: {message}"
     path = ctx.command_path
-    return f"error: {path}: {message} (see '{path} --help')"
+    return f"error: {path}: {message}{_valid_range(exc)} (see '{path} --help')"
+
+
+def _valid_range(exc: Exception) -> str:
+    """`` (valid: [lo, hi])`` of the option a usage error is about, when it has bounds."""
+    param = getattr(exc, "param", None)
+    # Typer's own parameters carry min/max; click's carry them on their IntRange/FloatRange type
+    bounds = [getattr(param, "min", None), getattr(param, "max", None)]
+    if bounds == [None, None]:
+        kind = getattr(param, "type", None)
+        bounds = [getattr(kind, "min", None), getattr(kind, "max", None)]
+    low, high = bounds
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" (valid: >= {low})"
+    if low is None:
+        return f" (valid: <= {high})"
+    return f" (valid: [{low}, {high}])"
 
 
 def _is_click_exception(exc: BaseException) -> bool:

@@ -41,9 +41,9 @@ def environment_error(exc: BaseException) -> str | None:
     unreachable server), naming the file when known; None for any other exception."""
     if not isinstance(exc, OSError) or exc.errno not in _ENVIRONMENT_FIXES:
         return None
-    where = exc.filename if exc.filename is not None else "writing the outputs"
     reason = exc.strerror or os.strerror(exc.errno)
-    return f"{where}: {reason}; {_ENVIRONMENT_FIXES[exc.errno]}"
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    return f"{where}{reason}; {_ENVIRONMENT_FIXES[exc.errno]}"
 
 
 def oserror_to_output_error(exc: OSError, path: object) -> OutputError:

@@ -347,8 +347,11 @@ def evaluate(
 
         # disable=None: only on a terminal
         rows = tqdm(rows, desc="evaluate", unit="row", leave=False, disable=None)
+    first_id, matched = None, 0
     for row in rows:
+        first_id = row.ID if first_id is None else first_id
         t = truth.get(row.ID)
+        matched += t is not None
         if t is None or not t.labels:
             continue
         where = f"{_where(submission)} row {row.row}"
@@ -356,6 +359,13 @@ def evaluate(
         for c, found in _field_detections(row, t, mode, where).items():
             per_class.setdefault(c, []).append(found)
 
+    if not matched:
+        # a score over no common field would read as a real (terrible) result
+        example = f" (submission ID {first_id!r}, solution ID {next(iter(truth), None)!r})"
+        raise InputError(
+            f"{_where(submission)}: no ID in common with {_where(solution)}"
+            f"{example if first_id is not None else ''}; score a submission of the solution's fields"
+        )
     n_gt = _count_ground_truth(truth, mode)
     pooled_scores: dict[int, list[np.ndarray]] = {c: [] for c in range(NUM_CLASSES)}
     pooled_tp: dict[int, list[np.ndarray]] = {c: [] for c in range(NUM_CLASSES)}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import typer
 
-
 # Settings of every Typer app of hpasc. Help texts are plain text: they name paths like
 # ``x.zip[/sub]`` that rich markup would take for tags (and crash on).
 APP_SETTINGS: dict = {

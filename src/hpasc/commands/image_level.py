@@ -16,6 +16,7 @@ from hpasc.commands._training import (
     TTA,
     WORKERS,
     check_split,
+    check_tta,
     predict_folds,
     train_folds,
 )
@@ -66,7 +67,7 @@ def predict_image_level(
         None, "--image-output", help="Image-level table (default: <output>.images.parquet)."
     ),
     batch_size: int = typer.Option(
-        None, "--batch-size", help="Fields per forward pass (default: the run's)."
+        None, "--batch-size", min=1, help="Fields per forward pass (default: the run's)."
     ),
     workers: int = WORKERS,
     device: str = DEVICE,
@@ -75,6 +76,7 @@ def predict_image_level(
     from hpasc.predict import PredictOptions, predict_fields, predict_valid
 
     check_split(split)
+    check_tta(tta)
     options = PredictOptions(tta, upsample, checkpoint, batch_size, workers, device)
     predict_folds(
         run,

@@ -62,7 +62,7 @@ def public_hpa(
     backoff: float = typer.Option(
         1.0, "--backoff", min=0.0, help="First retry wait in seconds; doubles per retry (jittered)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the back-off jitter."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the back-off jitter."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N fields of the table."),
     shard: str = typer.Option(None, "--shard", help="Process shard i/n of the fields (0-based i)."),
     on_error: str = typer.Option(

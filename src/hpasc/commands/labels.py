@@ -13,7 +13,7 @@ def folds(
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the ID,fold CSV."),
     n_folds: int = typer.Option(5, "--n-folds", min=2, help="Number of folds."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same folds)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed (same seed, same folds)."),
 ) -> None:
     """Split fields into stratified folds (MultilabelStratifiedKFold, shuffled) -> ID,fold CSV."""
     from hpasc.classes import read_labels

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from hpasc.commands.segment import Method
+
 
 def predict_fields(
     images: str = typer.Argument(
@@ -17,17 +19,19 @@ def predict_fields(
     output: Path = typer.Option(
         ..., "-o", "--output", help="Output folder (masks, cells.csv/.parquet, overlays)."
     ),
-    method: str = typer.Option(
-        "classical", "--method", help="Segmentation: classical, hpa-unet or cellpose."
+    method: Method = typer.Option(
+        Method.classical, "--method", help="Segmentation: classical, hpa-unet or cellpose."
     ),
     size: int = typer.Option(
         None,
         "--size",
+        min=32,
         help="Field side the runs expect (default: read from the run's training data).",
     ),
     crop_size: int = typer.Option(
         None,
         "--crop-size",
+        min=2,
         help="Crop side of cell-level runs (default: from their training crops).",
     ),
     tta: str = typer.Option(None, "--tta", help="d4 or none (default: each run's own setting)."),
@@ -38,12 +42,15 @@ def predict_fields(
 ) -> None:
     """Segment your fields, predict every cell with trained runs, write a per-cell table and overlays."""
     from hpasc.apply import predict_fields_end_to_end
+    from hpasc.commands._training import check_tta
+
+    check_tta(tta)
 
     table = predict_fields_end_to_end(
         images,
         [str(r) for r in runs],
         output,
-        method=method,
+        method=method.value,
         size=size,
         crop_size=crop_size,
         tta=tta,

@@ -27,7 +27,7 @@ def run(
         None, "--force", help="Re-run this step even if finished (repeatable)."
     ),
     fold: int = typer.Option(
-        None, "--fold", help="Only this fold of fold-wise steps (cluster arrays)."
+        None, "--fold", min=0, help="Only this fold of fold-wise steps (cluster arrays)."
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the plan (order, done/to-run) and exit."

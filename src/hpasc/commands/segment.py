@@ -46,7 +46,11 @@ def segment(
         False, "--two-channel", help="hpa-unet: the cell model is the 2-channel one (no ER input)."
     ),
     label_scale: float = typer.Option(
-        0.5, "--label-scale", help="hpa-unet: label_cell resolution relative to 2048 px (0.5, 1.0)."
+        0.5,
+        "--label-scale",
+        min=0.05,
+        max=2.0,
+        help="hpa-unet: label_cell resolution relative to 2048 px (0.5, 1.0).",
     ),
     device: str = typer.Option(
         None, "--device", help="hpa-unet: cuda, cuda:N or cpu (default: auto)."

@@ -46,7 +46,7 @@ def submit(
         False, help="Scale both thresholds by field area / 2048^2."
     ),
     min_confidence: float = typer.Option(
-        0.0, help="Leave out triples whose confidence is below this."
+        0.0, min=0.0, max=1.0, help="Leave out triples whose confidence is below this."
     ),
     allow_missing: bool = typer.Option(
         False, help="Average a cell over the tables that have it instead of failing."

@@ -16,6 +16,7 @@ from hpasc.commands._training import (
     TTA,
     WORKERS,
     check_split,
+    check_tta,
     predict_folds,
     train_folds,
 )
@@ -62,19 +63,17 @@ def predict_cell_level(
         help="Field table, every field incl. those without cells (default: <output>.images.parquet).",
     ),
     batch_size: int = typer.Option(
-        None, "--batch-size", help="Crops per forward pass (default: the run's)."
+        None, "--batch-size", min=1, help="Crops per forward pass (default: the run's)."
     ),
     workers: int = WORKERS,
     device: str = DEVICE,
 ) -> None:
     """Predict per-cell probabilities with cell-level runs (optional D4 TTA, mean of the folds)."""
-    from hpasc.errors import ConfigError
     from hpasc.predict import PredictOptions
     from hpasc.predict_cells import predict_cell_fields, predict_cell_valid
 
     check_split(split)
-    if tta is not None and tta not in ("d4", "none"):
-        raise ConfigError(f"--tta must be d4 or none, got {tta!r}")
+    check_tta(tta)
     options = PredictOptions(
         tta=tta, checkpoint=checkpoint, batch_size=batch_size, num_workers=workers, device=device
     )

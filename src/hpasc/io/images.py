@@ -58,6 +58,15 @@ _DTYPES = (None, "uint8", "uint16")
 #: place's reader; ``v >> 8`` for a 16-bit PNG), so the field is 8-bit from the start.
 EIGHT_BIT_RULES = ("ceil257", "opencv")
 
+# OpenCV's own "[ WARN ]" lines (e.g. on a truncated PNG) would reach stderr beside our one-line
+# error; errors are still raised as InputError below.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+# Colour-space chunks of a PNG: hpasc reads raw intensities and ignores them, and libpng prints a
+# warning for each malformed one (e.g. "iCCP: known incorrect sRGB profile") straight to stderr.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_CHUNKS = {b"iCCP", b"sRGB", b"gAMA", b"cHRM"}
+
 # ceil(v / 257): the mapping of HPA's shipped 8-bit files from their 16-bit originals.
 _U16_TO_U8 = ((np.arange(65536, dtype=np.uint32) + 256) // 257).astype(np.uint8)
 
@@ -129,7 +138,8 @@ def _read_decoded(store: Store, name: str, channel: str | None = None) -> np.nda
     try:
         return decode_image(data, name, channel=channel)
     except InputError as e:
-        raise InputError(f"{store.location(name)}: {e}") from None
+        message = str(e).removeprefix(f"{name}: ")  # named once, by its full location
+        raise InputError(f"{store.location(name)}: {message}") from None
 
 
 def _read_grayscale8(store: Store, name: str, channel: str | None = None) -> np.ndarray:
@@ -269,12 +279,39 @@ def _convert(array: np.ndarray, dtype: str | None) -> np.ndarray:
 # --- decoding / encoding ---------------------------------------------------------------------
 
 
+def _without_colour_chunks(data: bytes) -> bytes:
+    """PNG bytes without the colour-space chunks before the first IDAT (the spec puts them
+    there); the same bytes when there are none or the file is not a well-formed PNG."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return data
+    pos, drop = len(_PNG_SIGNATURE), []
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if kind == b"IDAT" or end > len(data):
+            break
+        if kind in _PNG_COLOUR_CHUNKS:
+            drop.append((pos, end))
+        pos = end
+    if not drop:
+        return data
+    parts, start = [], 0
+    for begin, end in drop:
+        parts.append(data[start:begin])
+        start = end
+    parts.append(data[start:])
+    return b"".join(parts)
+
+
 def _decode_raw(data: bytes, name: str) -> np.ndarray:
     """Bytes → array (H×W or H×W×C, RGB order), any dtype, by file ending."""
     split = _split_ext(name)
     if split is None:
         raise InputError(f"{name}: unknown image type; expected one of {', '.join(IMAGE_EXTS)}")
     ext = split[1]
+    if not data:
+        raise InputError(f"{name}: empty file (0 bytes); re-copy or re-create it")
     if ext.endswith(".gz"):
         try:
             data = gzip.decompress(data)
@@ -290,6 +327,8 @@ def _decode_raw(data: bytes, name: str) -> np.ndarray:
         if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
             array = np.moveaxis(array, 0, -1)  # planar RGB
     else:
+        if ext == ".png":
+            data = _without_colour_chunks(data)
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if array is None:
             raise InputError(f"{name}: not a readable {ext[1:].upper()} image (corrupt or empty)")
@@ -409,7 +448,7 @@ def read_mask(store: Store, field_id: str, shape: tuple[int, int] | None = None)
             f"mask not found: {store.location(field_id + '.png')}; segment the field first "
             "(hpasc segment) or point to the folder that holds the masks"
         )
-    array = _decode_raw(store.read_bytes(name), name)
+    array = _decode_raw(store.read_bytes(name), store.location(name))
     if array.ndim != 2 or array.dtype.kind not in "uib":
         raise InputError(
             f"{store.location(name)}: a mask must be a single-channel integer label image, got "

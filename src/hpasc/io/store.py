@@ -261,28 +261,45 @@ class _FsspecBackend:
     def location(self, path: str) -> str:
         return _join(self.url, path)
 
+    @contextlib.contextmanager
+    def _reaching(self, path: str):
+        """Connection failures (refused, unreachable, timed out) as one InputError naming the URL."""
+        try:
+            yield
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise
+        except OSError as e:
+            raise InputError(
+                f"{self.location(path)}: cannot reach it ({e}); check the URL and the network"
+            ) from None
+
     def root_exists(self, prefix: str) -> bool:
-        return self.fs.isdir(self._full(prefix))
+        with self._reaching(prefix):
+            return self.fs.isdir(self._full(prefix))
 
     def list(self, prefix: str, recursive: bool) -> list[str]:
         base = self._full(prefix)
-        if not self.fs.isdir(base):
-            return []
-        if recursive:
-            paths = self.fs.find(base)
-        else:
-            paths = [e["name"] for e in self.fs.ls(base, detail=True) if e["type"] == "file"]
+        with self._reaching(prefix):
+            if not self.fs.isdir(base):
+                return []
+            if recursive:
+                paths = self.fs.find(base)
+            else:
+                paths = [e["name"] for e in self.fs.ls(base, detail=True) if e["type"] == "file"]
         cut = len(base.rstrip("/")) + 1
         return [p[cut:] for p in paths if not _is_tmp(p)]
 
     def exists(self, path: str) -> bool:
-        return self.fs.isfile(self._full(path))
+        with self._reaching(path):
+            return self.fs.isfile(self._full(path))
 
     def read_bytes(self, path: str) -> bytes:
-        return self.fs.cat_file(self._full(path))
+        with self._reaching(path):
+            return self.fs.cat_file(self._full(path))
 
     def open_read(self, path: str) -> IO[bytes]:
-        return self.fs.open(self._full(path), "rb")
+        with self._reaching(path):
+            return self.fs.open(self._full(path), "rb")
 
     def write_bytes(self, path: str, data: bytes) -> None:
         # Object stores and memory:// publish an object only once it is fully uploaded.
