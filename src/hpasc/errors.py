@@ -48,6 +48,6 @@ def environment_error(exc: BaseException) -> str | None:
 
 def oserror_to_output_error(exc: OSError, path: object) -> OutputError:
     """An :class:`OutputError` naming ``path`` for ``exc`` (raised while writing ``path``)."""
-    fix = _ENVIRONMENT_FIXES.get(exc.errno, "check the folder and the disk")
+    fix = _ENVIRONMENT_FIXES.get(exc.errno, "check that the location is writable and not a folder")
     reason = exc.strerror or str(exc)
     return OutputError(f"cannot write {path}: {reason}; {fix}")

@@ -17,6 +17,7 @@ import io
 import os
 import zipfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -463,15 +464,36 @@ def _output(store: Store | str | os.PathLike) -> Iterator[Store]:
     Ctrl-C): every file written is complete, and keeping them is what makes resume work."""
 
     out = Store(_url(store))
+    folder = Path(out.url) if out.kind == "folder" and "://" not in out.url else None
+    existed = folder is not None and folder.exists()
     try:
         yield out
-    finally:
+    except BaseException:
         out.close()
+        if folder is not None and not existed:
+            _remove_empty_folders(folder)  # a run that wrote nothing leaves no folder behind
+        raise
+    out.close()
+
+
+def _remove_empty_folders(folder: os.PathLike) -> None:
+    for dirpath, _, _ in sorted(os.walk(folder), key=lambda d: -len(d[0])):
+        with contextlib.suppress(OSError):  # not empty: it holds finished fields, keep it
+            os.rmdir(dirpath)
 
 
 def _write_files(store: Store, field_id: str, files: dict[str, bytes]) -> None:
-    for name, data in files.items():
-        store.write_bytes(name, data)
+    """Write one field's files: all of them or, when one fails (disk full), none."""
+    written = []
+    try:
+        for name, data in files.items():
+            store.write_bytes(name, data)
+            written.append(name)
+    except BaseException:
+        for name in written:
+            with contextlib.suppress(Exception):
+                store.remove(name)
+        raise
 
 
 def _skip_existing(out: Store, names: Callable[[str], list[str]]) -> Callable[[str], bool]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
-from hpasc.errors import InputError, OutputError
+from hpasc.errors import InputError, OutputError, oserror_to_output_error
 
 __all__ = ["Store", "open_store", "clean_name", "STORED_EXTS"]
 
@@ -797,10 +797,7 @@ class Store:
         try:
             self._backend.write_bytes(path, data)
         except OSError as e:
-            raise OutputError(
-                f"cannot write {self._backend.location(path)}: {e}; check that the location "
-                "is writable and not a folder"
-            ) from None
+            raise oserror_to_output_error(e, self._backend.location(path)) from None
 
     def open(self, name: str | os.PathLike, mode: str = "rb") -> IO[bytes]:
         """Open file ``name`` for streaming: ``"rb"`` to read, ``"wb"`` to write.
@@ -818,7 +815,7 @@ class Store:
             try:
                 return self._backend.open_write(path)
             except OSError as e:
-                raise OutputError(f"cannot write {self._backend.location(path)}: {e}") from None
+                raise oserror_to_output_error(e, self._backend.location(path)) from None
         raise ValueError(f"mode must be 'rb' or 'wb', got {mode!r}")
 
     def sub(self, name: str | os.PathLike) -> Store:
@@ -843,7 +840,10 @@ class Store:
 
         The store stays usable; later writes start a new pending set. No-op for folders/URLs.
         """
-        self._backend.commit()
+        try:
+            self._backend.commit()
+        except OSError as e:  # e.g. the disk fills while the archive is finalised
+            raise oserror_to_output_error(e, self.url) from None
 
     def abort(self) -> None:
         """Discard pending zip writes, leaving the archive as it was. No-op for folders/URLs."""
