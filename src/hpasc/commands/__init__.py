@@ -46,6 +46,17 @@ def register_groups(app: typer.Typer) -> None:
             app.add_typer(group, name=name)
 
 
+def warn_if_in_memory(*outputs: str | None) -> None:
+    """Warn on stderr about ``memory://`` outputs: they vanish when this command ends."""
+    for url in outputs:
+        if url is not None and str(url).lower().startswith("memory://"):
+            typer.echo(
+                f"warning: {url} is in this process's memory and disappears when the command "
+                "ends; write to a folder, a .zip or a remote URL to keep it",
+                err=True,
+            )
+
+
 def report_summary(out: str, summary) -> None:
     """Print a per-field run summary; exit 1 when fields failed (they are listed in OUT/errors.csv)."""
     typer.echo(f"{out}: {summary}")

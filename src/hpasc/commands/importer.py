@@ -76,6 +76,9 @@ def public_hpa(
     from hpasc.errors import ConfigError
     from hpasc.importer import ImportOptions, RetryPolicy, import_public_hpa
 
+    from hpasc.commands import warn_if_in_memory
+
+    warn_if_in_memory(out)
     if on_error not in ("stop", "skip"):
         raise ConfigError(f"--on-error must be 'stop' or 'skip', got {on_error!r}")
     pairs = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hpasc.commands import report_summary
+from hpasc.commands import report_summary, warn_if_in_memory
 
 _WORKERS = typer.Option(1, "--workers", "-j", min=1, help="Worker processes.")
 _SHARD = typer.Option(
@@ -50,6 +50,7 @@ def resize(
     """Resize every field (4 channel PNGs) or every mask of a store to S×S."""
     from hpasc.prepare import resize_set
 
+    warn_if_in_memory(output)
     summary = resize_set(
         input,
         output,
@@ -84,6 +85,7 @@ def crop(
     """Crop every cell (8 planes: center + whole per RGBY channel) and write the cell table."""
     from hpasc.prepare import crop_set
 
+    warn_if_in_memory(output)
     summary = crop_set(
         images,
         masks,

@@ -76,6 +76,9 @@ def segment(
     from hpasc.errors import InputError
     from hpasc.segment.sets import segment_set
 
+    from hpasc.commands import warn_if_in_memory
+
+    warn_if_in_memory(output, nuclei_out)
     name = method.value
     options: dict[str, object] = {}
     if name == "hpa-unet":

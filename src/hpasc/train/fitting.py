@@ -58,7 +58,13 @@ def open_fold(
             f"{out} already holds a trained model ({last}); pass --resume to continue it or "
             "choose another --run-dir"
         )
-    return out, (str(last) if resume and last.exists() else None)
+    if not (resume and last.exists()):
+        return out, None
+    from hpasc.models.weights import check_checkpoint
+
+    # Lightning would fail inside fit() with a page of torch advice; say it in one line first
+    check_checkpoint(last, fix=f"delete {out} to train this fold afresh, or pass another --run-dir")
+    return out, str(last)
 
 
 def predict_after_fit(trainer, cfg: Any, out: Path, predict_valid: Callable[..., Any]) -> None:
