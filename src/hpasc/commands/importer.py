@@ -73,10 +73,9 @@ def public_hpa(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Download public-HPA fields (4 channels each), resize and convert them into OUT/<id>_<color>.png."""
+    from hpasc.commands import warn_if_in_memory
     from hpasc.errors import ConfigError
     from hpasc.importer import ImportOptions, RetryPolicy, import_public_hpa
-
-    from hpasc.commands import warn_if_in_memory
 
     warn_if_in_memory(out)
     if on_error not in ("stop", "skip"):

@@ -73,10 +73,9 @@ def segment(
     ),
 ) -> None:
     """Segment every field of an image set into cell masks (uint16 PNG <id>.png)."""
+    from hpasc.commands import warn_if_in_memory
     from hpasc.errors import InputError
     from hpasc.segment.sets import segment_set
-
-    from hpasc.commands import warn_if_in_memory
 
     warn_if_in_memory(output, nuclei_out)
     name = method.value
