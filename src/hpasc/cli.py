@@ -11,6 +11,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import warnings
 
 import typer
 
@@ -124,7 +125,7 @@ def _valid_range(exc: Exception) -> str:
 
 
 def _is_click_exception(exc: BaseException) -> bool:
-    # Typer >= 0.22 vendors click as ``typer._click`` with its own exception classes, so
+    # Recent Typer releases vendor click as ``typer._click`` with its own exception classes, so
     # ``isinstance(exc, click.ClickException)`` misses them; both kinds carry these two members.
     return callable(getattr(exc, "format_message", None)) and isinstance(
         getattr(exc, "exit_code", None), int
@@ -136,13 +137,27 @@ def _show_help_instead(exc: BaseException) -> bool:
     return type(exc).__name__ == "NoArgsIsHelpError"
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # a warning is for the user: one line, without the source line that raised it
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: user errors become one line and a non-zero exit.
 
     Exit codes: 0 success, 1 some fields failed (listed in errors.csv), 2 a user error (bad
     option, input, config or environment: one ``error: ...`` line; ``hpasc`` or a command group
-    without a sub-command prints its help and exits 2 too), 130 interrupted.
+    without a sub-command prints its help and exits 2 too; 0 under click < 8.2, which treats
+    that as a help request), 130 interrupted.
     """
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        _run(argv)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         rc = app(args=argv, prog_name="hpasc", standalone_mode=False)
         if isinstance(rc, int) and rc:
@@ -154,17 +169,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except (typer.Exit, typer.Abort) as exc:
-        if isinstance(exc, typer.Abort):
-            typer.echo("error: aborted", err=True)
-            sys.exit(1)
-        sys.exit(getattr(exc, "exit_code", 0))
     except OSError as exc:
         message = environment_error(exc)
         if message is None:
             raise
         _fail(exc, message)
     except Exception as exc:
+        # Exit and Abort by name: typer's own classes or click's, whichever raised them
+        if type(exc).__name__ == "Exit":
+            sys.exit(getattr(exc, "exit_code", 0))
+        if type(exc).__name__ == "Abort":
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
         if _show_help_instead(exc):
             typer.echo(exc.ctx.get_help())  # type: ignore[attr-defined]
             sys.exit(2)
