@@ -1027,6 +1027,26 @@ URL_CASES = [
     ),
 ]
 
+PUBLIC_HPA = "Image,Label_idx,in_trainset,Cellline\nhttps://h/1/1_A1_1,0,False,A-431\n"
+URL_CASES += [
+    Case(
+        "import from unreachable server",
+        lambda c: [
+            "import",
+            "public-hpa",
+            E(c, "t.csv"),
+            "out",
+            "--retries",
+            "0",
+            "--no-progress",
+            "--base-url",
+            c.extra.setdefault("url", f"http://127.0.0.1:{closed_port()}"),
+        ],
+        lambda c: [E(c, "url") + "/1/1_A1_1_red.tif.gz", "Connection refused"],
+        write("t.csv", PUBLIC_HPA),
+    ),  # fmt: skip
+]
+
 CASES = IMAGE_CASES + ZIP_CASES + TABLE_CASES + CONFIG_CASES + WEIGHT_CASES + DISK_CASES + URL_CASES
 SUBPROCESS = [c for c in CASES if c.subprocess]
 
@@ -1045,6 +1065,15 @@ def test_bad_input_in_a_fresh_process(case, ctx):
 def test_the_suite_is_as_large_as_promised():
     assert len(CASES) >= 100 and 12 <= len(SUBPROCESS) <= 25
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_weights_download_from_unreachable_server(ctx, monkeypatch):
+    url = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("HPASC_WEIGHTS_URL", url)
+    monkeypatch.setenv("HPASC_WEIGHTS_MANIFEST", "")
+    case = Case("weights", lambda c: ["weights", "download", c.work / "w"],
+                lambda c: [f"{url}/dpn_unet_nuclei_v1.pth", "Connection refused"])  # fmt: skip
+    check_case(case, ctx)
 
 
 def test_memory_output_warns_that_it_disappears(data):

@@ -10,6 +10,7 @@ Plain state_dict files load through the same unpickler.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -253,10 +254,21 @@ def download_weights(
     if manifest_url is None:
         manifest_url = os.environ.get(MANIFEST_ENV, DEFAULT_MANIFEST)
     directory = Path(directory)
+    created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {directory}: {exc}") from None
+    try:
+        return _download_all(directory, roles, base, manifest_url, overwrite, progress, timeout)
+    except BaseException:
+        if created:  # nothing fetched: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+
+
+def _download_all(directory, roles, base, manifest_url, overwrite, progress, timeout):
     published = _read_manifest(manifest_url, timeout) if manifest_url else {}
     results = []
     for role in roles:
