@@ -15,9 +15,9 @@ import contextlib
 import functools
 import io
 import os
+import shutil
 import zipfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -464,22 +464,32 @@ def _output(store: Store | str | os.PathLike) -> Iterator[Store]:
     Ctrl-C): every file written is complete, and keeping them is what makes resume work."""
 
     out = Store(_url(store))
-    folder = Path(out.url) if out.kind == "folder" and "://" not in out.url else None
-    existed = folder is not None and folder.exists()
+    existed = out.root_exists()
     try:
         yield out
     except BaseException:
-        out.close()
-        if folder is not None and not existed:
-            _remove_empty_folders(folder)  # a run that wrote nothing leaves no folder behind
+        if existed or _lists_anything(out):
+            out.close()
+        else:
+            _discard(out)
         raise
     out.close()
 
 
-def _remove_empty_folders(folder: os.PathLike) -> None:
-    for dirpath, _, _ in sorted(os.walk(folder), key=lambda d: -len(d[0])):
-        with contextlib.suppress(OSError):  # not empty: it holds finished fields, keep it
-            os.rmdir(dirpath)
+def _lists_anything(store: Store) -> bool:
+    try:
+        return bool(store.list(recursive=True))
+    except Exception:  # cannot tell: keep what is there
+        return True
+
+
+def _discard(out: Store) -> None:
+    """Undo an output this run created but finished nothing in: no archive, no folder (and no
+    bookkeeping file in it) is left behind."""
+    with contextlib.suppress(OSError):  # e.g. a read-only disk refuses even to unlink nothing
+        out.abort()
+    if out.kind == "folder" and "://" not in out.url:
+        shutil.rmtree(out.url, ignore_errors=True)
 
 
 def _write_files(store: Store, field_id: str, files: dict[str, bytes]) -> None:
