@@ -15,9 +15,8 @@ import contextlib
 import functools
 import io
 import os
-import shutil
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -36,7 +35,7 @@ from hpasc.io.images import (
     read_mask,
     to_uint8,
 )
-from hpasc.io.store import Store
+from hpasc.io.store import Store, open_output
 from hpasc.runner import RunSummary, parse_shard, run_fields, shard_ids
 
 INTERPOLATIONS = {
@@ -458,38 +457,9 @@ def _resize_one(
     return {_channel_name(field_id, ch): encode_png(out[..., c]) for c, ch in enumerate(CHANNELS)}
 
 
-@contextlib.contextmanager
-def _output(store: Store | str | os.PathLike) -> Iterator[Store]:
-    """The output store of a verb. Zip writes are committed even when the run stops (error,
-    Ctrl-C): every file written is complete, and keeping them is what makes resume work."""
-
-    out = Store(_url(store))
-    existed = out.root_exists()
-    try:
-        yield out
-    except BaseException:
-        if existed or _lists_anything(out):
-            out.close()
-        else:
-            _discard(out)
-        raise
-    out.close()
-
-
-def _lists_anything(store: Store) -> bool:
-    try:
-        return bool(store.list(recursive=True))
-    except Exception:  # cannot tell: keep what is there
-        return True
-
-
-def _discard(out: Store) -> None:
-    """Undo an output this run created but finished nothing in: no archive, no folder (and no
-    bookkeeping file in it) is left behind."""
-    with contextlib.suppress(OSError):  # e.g. a read-only disk refuses even to unlink nothing
-        out.abort()
-    if out.kind == "folder" and "://" not in out.url:
-        shutil.rmtree(out.url, ignore_errors=True)
+def _output(store: Store | str | os.PathLike):
+    """The output store of a verb (:func:`hpasc.io.store.open_output`)."""
+    return open_output(_url(store))
 
 
 def _write_files(store: Store, field_id: str, files: dict[str, bytes]) -> None:

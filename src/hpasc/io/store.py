@@ -26,7 +26,7 @@ import threading
 import warnings
 import weakref
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
@@ -862,3 +862,39 @@ class Store:
 def open_store(url: str | os.PathLike | Store) -> Store:
     """``Store(url)``, or ``url`` itself when it already is a Store."""
     return url if isinstance(url, Store) else Store(url)
+
+
+@contextlib.contextmanager
+def open_output(url: str | os.PathLike | Store) -> Iterator[Store]:
+    """The output store of a per-field run, committed when the block ends.
+
+    Zip writes are committed also when the block ends by an error or Ctrl-C: every file in them
+    is complete, and keeping them is what makes a resume work. An output that this run created
+    and in which it finished nothing is discarded instead: a run that fails on its first field
+    leaves no archive and no folder (nor any bookkeeping file inside one).
+    """
+    out = open_store(url)
+    existed = out.root_exists()
+    try:
+        yield out
+    except BaseException:
+        if existed or _lists_anything(out):
+            out.close()
+        else:
+            _discard(out)
+        raise
+    out.close()
+
+
+def _lists_anything(store: Store) -> bool:
+    try:
+        return bool(store.list(recursive=True))
+    except Exception:  # cannot tell: keep what is there
+        return True
+
+
+def _discard(out: Store) -> None:
+    with contextlib.suppress(OSError):  # e.g. a read-only disk refuses even to unlink nothing
+        out.abort()
+    if out.kind == "folder" and "://" not in out.url:
+        shutil.rmtree(out.url, ignore_errors=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from hpasc.errors import InputError
 from hpasc.io.images import encode_png, list_field_ids, read_field
-from hpasc.io.store import Store
+from hpasc.io.store import Store, open_output
 from hpasc.runner import RunSummary, parse_shard, run_fields, shard_ids
 from hpasc.segment import (
     SEGMENTERS,
@@ -124,11 +124,8 @@ def _open_output(store: StoreLike | None) -> Iterator[Store | None]:
     if store is None:
         yield None
         return
-    out = store if isinstance(store, Store) else Store(store)
-    try:
+    with open_output(store) as out:
         yield out
-    finally:
-        out.close()
 
 
 def segment_set(
