@@ -203,3 +203,36 @@ def test_help_and_no_command_in_a_fresh_process(tmp_path):
     assert code == 0 and "Usage: hpasc resize" in out and "x.zip[/sub]" in out and not err
     code, out, err = run_subprocess([], tmp_path)
     assert code == 2 and "Usage: hpasc" in out and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "exc, names",
+    [
+        (PermissionError(13, "Permission denied", "/data/out"), ["/data/out", "permissions"]),
+        (OSError(30, "Read-only file system", "/mnt/ro/x"), ["/mnt/ro/x", "read-only"]),
+        (OSError(28, "No space left on device"), ["No space left", "free some space"]),
+        (ConnectionRefusedError(111, "Connection refused"), ["Connection refused", "URL"]),
+    ],
+    ids=["EACCES", "EROFS", "ENOSPC", "ECONNREFUSED"],
+)
+def test_environment_oserrors_are_one_line(monkeypatch, exc, names):
+    import hpasc.cli
+
+    def fake_app(**_):
+        raise exc
+
+    monkeypatch.setattr(hpasc.cli, "app", fake_app)
+    rc, out, err = run_in_process(["x"])
+    assert_one_error(rc, out, err, names)
+
+
+def test_other_oserrors_keep_their_traceback(monkeypatch):
+    """An OSError the environment did not cause is a bug: it is not dressed up as a user error."""
+    import hpasc.cli
+
+    def fake_app(**_):
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(hpasc.cli, "app", fake_app)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        hpasc.cli.main(["x"])
