@@ -77,7 +77,14 @@ def predict_image_level(
 
     check_split(split)
     check_tta(tta)
-    options = PredictOptions(tta, upsample, checkpoint, batch_size, workers, device)
+    options = PredictOptions(
+        tta=tta,
+        upsample=upsample,
+        checkpoint=checkpoint,
+        batch_size=batch_size,
+        num_workers=workers,
+        device=device,
+    )
     predict_folds(
         run,
         split,
