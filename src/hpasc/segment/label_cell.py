@@ -122,8 +122,9 @@ def label_cell(
     region = body / 255.0 > threshold
     if exclude_cell_border:
         region &= ~(cell_pred[..., 1] / 255.0 > BORDER_THRESHOLD)
-    # Below the threshold the elevation is flat, so cells meet where neither is brighter.
-    elevation = -np.maximum(body.astype(np.float64), 255.0 * threshold)
+    # The reference's np.clip(body, 255 * threshold, body) is the identity (its upper bound is
+    # the map itself), so the elevation is the whole inverted map.
+    elevation = -body.astype(np.float64)
     cells = watershed(elevation, nuclei, mask=region)
     cells = remove_small_labels(cells, k.cell_min_area)
     if uint8_labels:
