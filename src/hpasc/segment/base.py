@@ -6,6 +6,7 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 #: Side, in pixels, of the field for which size constants are written (HPA fields are 2048 px).
@@ -72,11 +73,17 @@ def label_dtype(n_labels: int) -> np.dtype:
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (labels kept exactly; pixel centres aligned)."""
+    """Nearest-neighbour resize of a label map: OpenCV's ``INTER_NEAREST_EXACT``, as the
+    7th-place pipeline resizes its masks (labels kept exactly; pixel centres aligned).
+
+    OpenCV's fixed-point source index differs from an exact ``floor((x + 0.5) * h / H)`` on some
+    size pairs (2048 -> 1728, 2048 -> 1536), so the reference's own routine is used.
+    """
     h, w = labels.shape
     out_h, out_w = shape
     if (h, w) == (out_h, out_w):
         return labels
-    rows = np.minimum(((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.intp), h - 1)
-    cols = np.minimum(((np.arange(out_w) + 0.5) * (w / out_w)).astype(np.intp), w - 1)
-    return labels[rows][:, cols]
+    dtype = labels.dtype
+    work = labels if dtype in (np.uint8, np.uint16, np.int32) else labels.astype(np.int32)
+    out = cv2.resize(work, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
+    return out.astype(dtype, copy=False)
