@@ -178,3 +178,63 @@ def test_cli_crop_after_segment_on_the_real_field(cli, hpa_real, tmp_path):
     table = pd.read_parquet(tmp_path / "crops" / "cells.parquet")
     assert crops.shape == (len(ids), 8, 192, 192) and len(ids) == 8
     assert sorted(table["cell_id"]) == sorted(ids.tolist())
+
+
+class _ThresholdNet:
+    """Stand-in for a DPN-UNet: foreground logit = 3 × one normalised input channel."""
+
+    def __new__(cls, channel: int):
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                v = x[:, channel : channel + 1]
+                return torch.cat([-3 * v, torch.full_like(v, -4.0), 3 * v], dim=1)
+
+        return Net()
+
+
+@pytest.mark.parametrize("preset", ["hpacellseg", "pfcell-2021", "fast"])
+def test_worker_pool_and_batches_give_the_same_masks(tmp_path, preset):
+    images = Store(tmp_path / "images")
+    for i in range(3):
+        write_field(images, f"f{i}", _grid_field(2, 128, seed=i))
+    options = {
+        "nuclei_model": _ThresholdNet(2),
+        "cell_model": _ThresholdNet(0),
+        "preset": preset,
+        "label_scale": 0.5,
+        "device": "cpu",
+    }
+    masks = {}
+    for workers, batch_size in ((1, 1), (2, 2)):
+        out = tmp_path / f"masks-{workers}"
+        summary = segment_set(
+            images, out, method="hpa-unet", workers=workers, batch_size=batch_size,
+            options=options, progress=False,
+        )  # fmt: skip
+        assert summary.done == 3
+        masks[workers] = [read_mask(Store(out), f"f{i}") for i in range(3)]
+    for one, pooled in zip(masks[1], masks[2], strict=True):
+        assert one.shape == (256, 256) and one.max() == 4
+        assert np.array_equal(one, pooled)
+
+
+def test_cli_preset_is_an_hpa_unet_option(cli, hpa_real, tmp_path):
+    images = hpa_real / "kaggle-train/images"
+    result = cli("segment", images, tmp_path / "m", "--preset", "pfcell-2021")
+    assert result.returncode == 2 and "--preset" in result.stderr
+    assert "only for --method hpa-unet" in result.stderr
+
+
+def test_dry_run_plan_shows_the_segmentation_preset(cli):
+    from pathlib import Path
+
+    recipe = Path(__file__).parents[1] / "configs/recipes/pfcell-2021.yaml"
+    plan = cli("run", recipe, "--dry-run", check=True).stdout
+    lines = {
+        line.split("]", 1)[1].split()[0]: line for line in plan.splitlines() if "(segment)" in line
+    }
+    for step, scale in (("masks-train-1536", 1.0), ("masks-public-1536", 1.0), ("masks-test", 0.5)):
+        assert f"preset=pfcell-2021, label_scale={scale}" in lines[step]

@@ -16,8 +16,8 @@ from hpasc.errors import InputError
 from hpasc.segment import dpn_unet as ours
 from hpasc.segment import get_segmenter
 from hpasc.segment.dpn_unet import DPNUnet
-from hpasc.segment.hpa_unet import prepare_input
 from hpasc.segment.hpa_weights import load_weights, read_state_dict
+from hpasc.segment.presets import Box, get_preset
 
 REFERENCE = Path(__file__).parents[2] / "shared/reference"
 ZOO_MODULES = {
@@ -162,18 +162,47 @@ def test_missing_weight_file_says_where_the_weights_are(tmp_path):
     assert "dpn_unet_cell_3ch_v1.pth" in message and "hpasc weights download" in message
 
 
+@pytest.mark.parametrize("preset", ["hpacellseg", "fast"])
 @pytest.mark.parametrize(("side", "padded"), [(2048, 512), (1728, 480), (3072, 768), (100, 64)])
-def test_input_padding_reaches_a_multiple_of_32(side, padded):
-    x, (top, left, h, w) = prepare_input(np.zeros((side, side, 3), np.uint8), 0.25)
-    assert x.shape == (3, padded, padded) and x.dtype == np.float32
-    assert (h, w) == (round(side * 0.25),) * 2
-    assert top == left == (0 if padded == side // 4 else 32)
+def test_input_padding_reaches_a_multiple_of_32(preset, side, padded):
+    nuclei_x, cell_x, box = get_preset(preset).prepare(
+        np.zeros((side, side, 4), np.uint8), two_channel=False
+    )
+    assert cell_x.shape == nuclei_x.shape == (3, padded, padded) and cell_x.dtype == np.float32
+    assert (box.rows, box.cols) == (round(side * 0.25),) * 2
+    assert box.top == box.left == (0 if padded == side // 4 else 32)
 
 
-def test_normalisation_constants():
-    x, _ = prepare_input(np.full((64, 64, 3), 255, np.uint8), 1.0)
+@pytest.mark.parametrize("side", [1728, 2048, 3072, 300])
+def test_pfcell_preset_feeds_512_px_without_padding(side):
+    image = np.zeros((side, side, 4), np.uint8)
+    nuclei_x, cell_x, box = get_preset("pfcell-2021").prepare(image, two_channel=False)
+    assert nuclei_x.shape == cell_x.shape == (3, 512, 512) and box == Box(0, 0, 512, 512)
+
+
+@pytest.mark.parametrize("preset", ["hpacellseg", "pfcell-2021", "fast"])
+def test_normalisation_constants(preset):
+    image = np.full((64, 64, 4), 255, np.uint8)
+    options = {} if preset == "pfcell-2021" else {"scale_factor": 1.0}
+    nuclei_x, cell_x, _ = get_preset(preset, **options).prepare(image, two_channel=False)
     expected = [(1 - m) * 0.0167 * 255 for m in (124 / 255, 117 / 255, 104 / 255)]
-    assert np.allclose(x[:, 0, 0], expected, atol=1e-5)
+    assert np.allclose(cell_x[:, 0, 0], expected, atol=1e-5)
+    # pfcell-2021 normalises the blue plane once (blue's mean) and feeds it three times.
+    nuclei_expected = [expected[2]] * 3 if preset == "pfcell-2021" else expected
+    assert np.allclose(nuclei_x[:, 0, 0], nuclei_expected, atol=1e-5)
+
+
+def test_two_channel_model_sees_no_er():
+    image = np.full((64, 64, 4), 200, np.uint8)
+    _, cell_x, _ = get_preset("hpacellseg", scale_factor=1.0).prepare(image, two_channel=True)
+    assert np.allclose(cell_x[1], (0 - 117 / 255) * 0.0167 * 255, atol=1e-5)
+
+
+def test_preset_errors():
+    with pytest.raises(ValueError, match="unknown hpa-unet preset"):
+        get_preset("upstream")
+    with pytest.raises(ValueError, match="512 px"):
+        get_preset("pfcell-2021", scale_factor=0.25)
 
 
 @pytest.mark.slow
@@ -183,26 +212,31 @@ def test_1728_px_field_through_random_network_gives_full_size_masks(network):
         rng.integers(0, 256, (1728, 1728, 4), dtype=np.uint8),
         np.zeros((300, 200, 4), np.uint8),
     ]
-    segmenter = get_segmenter(
-        "hpa-unet",
-        nuclei_model=network,
-        cell_model=network,
-        scale_factor=0.125,
-        batch_size=2,
-        device="cpu",
-    )
-    results = segmenter.segment_batch(images)
-    assert [r.cells.shape for r in results] == [(1728, 1728), (300, 200)]
-    assert all(r.cells.dtype == np.uint16 and r.nuclei.shape == r.cells.shape for r in results)
+    for preset in ("hpacellseg", "pfcell-2021", "fast"):
+        # pfcell-2021 always runs at 512 px; the others at 1/8 of the side to stay cheap.
+        shrink = {} if preset == "pfcell-2021" else {"scale_factor": 0.125}
+        segmenter = get_segmenter(
+            "hpa-unet",
+            nuclei_model=network,
+            cell_model=network,
+            preset=preset,
+            batch_size=2,
+            device="cpu",
+            **shrink,
+        )
+        results = segmenter.segment_batch(images)
+        assert [r.cells.shape for r in results] == [(1728, 1728), (300, 200)]
+        assert all(r.cells.dtype == np.uint16 and r.nuclei.shape == r.cells.shape for r in results)
 
 
 def test_maps_reach_the_label_grid_by_pixel_replication():
     from hpasc.segment.base import resize_labels
-    from hpasc.segment.hpa_unet import restore_maps
 
     rng = np.random.default_rng(0)
     prob = rng.random((3, 256, 128)).astype(np.float32)  # a 1024 x 512 field at scale 0.25
-    nuclei, cell = restore_maps(prob, prob, (0, 0, 256, 128), (1024, 512), label_scale=1.0)
+    preset = get_preset("fast", label_scale=1.0)
+    nuclei, cell, scale = preset.restore(prob, prob, Box(0, 0, 256, 128), (1024, 512))
+    assert scale == 1.0
     assert nuclei.shape == cell.shape == (2048, 1024, 3)  # 2048·s along the longer side
     expected = np.clip(np.rint(prob.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
     expected[..., 0] = 0

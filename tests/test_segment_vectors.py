@@ -240,7 +240,11 @@ def test_segmenter_with_stand_in_networks_follows_every_stage(preset, field):
     nuclei_net = StoredLogits(restored["nuclei_logits"])
     cell_net = StoredLogits(restored["cell_logits"])
     segmenter = HpaUnetSegmenter(
-        nuclei_net, cell_net, preset=preset, label_scale=None if scale == 1.0 else scale, device="cpu"
+        nuclei_net,
+        cell_net,
+        preset=preset,
+        label_scale=None if scale == 1.0 else scale,
+        device="cpu",
     )
     image = _field(field)
     result = segmenter.segment(image)

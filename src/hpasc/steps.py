@@ -137,7 +137,8 @@ def crop_step(p: dict[str, Any], ctx: TaskContext) -> None:
 
 @step_kind("segment")
 def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
-    """images, method (classical|hpa-unet|cellpose), nuclei_out, workers, batch_size, options, out"""
+    """images, method (classical|hpa-unet|cellpose), preset (hpa-unet: hpacellseg|pfcell-2021|fast),
+    nuclei_out, workers, batch_size, options, out"""
     from hpasc.segment.sets import segment_set
 
     p = _take(
@@ -147,6 +148,7 @@ def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
         {
             "out": str(ctx.out),
             "method": "classical",
+            "preset": None,
             "nuclei_out": None,
             "workers": 1,
             "batch_size": 4,
@@ -161,8 +163,17 @@ def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
         workers=int(p["workers"]),
         batch_size=int(p["batch_size"]),
         overwrite=not ctx.resume,
-        options=dict(p["options"] or {}),
+        options=_segment_options(p, ctx),
     )
+
+
+def _segment_options(p: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    options = dict(p["options"] or {})
+    if p["preset"] is not None:
+        if p["method"] != "hpa-unet":
+            raise ConfigError(f"step '{ctx.step}': preset is an option of method hpa-unet only")
+        options["preset"] = p["preset"]
+    return options
 
 
 def _locate_config(name: str, recipe_dir: Path) -> tuple[Path | None, list[Path]]:

@@ -14,6 +14,12 @@ class Method(StrEnum):
     cellpose = "cellpose"
 
 
+class Preset(StrEnum):
+    hpacellseg = "hpacellseg"
+    pfcell_2021 = "pfcell-2021"
+    fast = "fast"
+
+
 def segment(
     images: str = typer.Argument(
         ..., help="Image store (<id>_<channel>.png): folder, x.zip, x.zip/sub or URL."
@@ -45,12 +51,24 @@ def segment(
     two_channel: bool = typer.Option(
         False, "--two-channel", help="hpa-unet: the cell model is the 2-channel one (no ER input)."
     ),
+    preset: Preset = typer.Option(
+        None,
+        "--preset",
+        help="hpa-unet pipeline: hpacellseg (default; HPA's CellSegmentator), pfcell-2021 "
+        "(7th place: every field at 512 px) or fast (cv2 resampling, label scale 0.5).",
+    ),
     label_scale: float = typer.Option(
-        0.5,
+        None,
         "--label-scale",
         min=0.05,
         max=2.0,
-        help="hpa-unet: label_cell resolution relative to 2048 px (0.5, 1.0).",
+        help="hpa-unet: label_cell resolution relative to 2048 px (default: hpacellseg the "
+        "field's own, pfcell-2021 1.0, fast 0.5).",
+    ),
+    uint8_labels: bool = typer.Option(
+        False,
+        "--uint8-labels",
+        help="hpa-unet: the original's uint8 cast in label_cell (labels wrap above 255 cells).",
     ),
     device: str = typer.Option(
         None, "--device", help="hpa-unet: cuda, cuda:N or cpu (default: auto)."
@@ -85,9 +103,12 @@ def segment(
             nuclei_model=nuclei_model,
             cell_model=cell_model,
             two_channel=two_channel,
+            preset=(preset or Preset.hpacellseg).value,
             label_scale=label_scale,
             device=device,
         )
+        if uint8_labels:
+            options["label_options"] = {"uint8_labels": True}
     else:
         given = [
             flag
@@ -95,6 +116,9 @@ def segment(
                 ("--nuclei-model", nuclei_model),
                 ("--cell-model", cell_model),
                 ("--device", device),
+                ("--preset", preset),
+                ("--label-scale", label_scale),
+                ("--uint8-labels", uint8_labels or None),
             )
             if value is not None
         ]

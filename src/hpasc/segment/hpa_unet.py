@@ -24,8 +24,7 @@ from hpasc.errors import InputError
 from hpasc.segment.base import SegmentationResult, Segmenter, check_image
 from hpasc.segment.dpn_unet import DPNUnet
 from hpasc.segment.hpa_weights import load_weights, missing_weights_message
-from hpasc.segment.label_cell import label_cell_at_shape
-from hpasc.segment.presets import DEFAULT_PRESET, Box, Preset, get_preset
+from hpasc.segment.presets import DEFAULT_PRESET, Box, Preset, get_preset, label_field
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -207,22 +206,11 @@ class HpaUnetSegmenter(Segmenter):
     ) -> None:
         """Run both networks on the fields ``chunk`` and queue the label step of each."""
         inputs = [prepared[i].result() for i in chunk]
-        nuclei_p = run_network(self.nuclei_net, [x[0] for x in inputs], self.batch_size, self.device)
+        nuclei_p = run_network(
+            self.nuclei_net, [x[0] for x in inputs], self.batch_size, self.device
+        )
         cell_p = run_network(self.cell_net, [x[1] for x in inputs], self.batch_size, self.device)
         for i, (_, _, box), n_p, c_p in zip(chunk, inputs, nuclei_p, cell_p, strict=True):
             labelled[i] = self._executor().submit(
                 label_field, self.preset, n_p, c_p, box, shapes[i], self.label_options
             )
-
-
-def label_field(
-    preset: Preset,
-    nuclei_prob: np.ndarray,
-    cell_prob: np.ndarray,
-    box: Box,
-    shape: tuple[int, int],
-    options: dict[str, Any],
-) -> SegmentationResult:
-    """Restore the maps of one field as ``preset`` does and label them, at the field's size."""
-    nuclei_map, cell_map, scale = preset.restore(nuclei_prob, cell_prob, box, shape)
-    return label_cell_at_shape(nuclei_map, cell_map, shape, scale, options)

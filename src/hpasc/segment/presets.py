@@ -30,7 +30,8 @@ import cv2
 import numpy as np
 from skimage import transform
 
-from hpasc.segment.base import REFERENCE_SIDE, to_unit_float
+from hpasc.segment.base import REFERENCE_SIDE, SegmentationResult, to_unit_float
+from hpasc.segment.label_cell import label_cell_at_shape
 
 #: Normalisation of HPA's segmentator (DPN ImageNet constants): (x - mean) / std per channel.
 NORMALIZE_MEAN = np.array([124 / 255, 117 / 255, 104 / 255], np.float32)
@@ -129,7 +130,9 @@ class HpaCellSegPreset(Preset):
 
     def prepare(self, image: np.ndarray, two_channel: bool) -> tuple[np.ndarray, np.ndarray, Box]:
         # Rescaling works channel by channel, so the nucleus stack's blue is the cell stack's.
-        small = transform.rescale(cell_stack(image, two_channel), self.scale_factor, channel_axis=-1)
+        small = transform.rescale(
+            cell_stack(image, two_channel), self.scale_factor, channel_axis=-1
+        )
         small, box = pad_if_needed(small)
         cell_x = normalise(small)
         nuclei_x = normalise(np.repeat(small[..., 2:3], 3, axis=2))
@@ -206,15 +209,29 @@ class FastPreset(HpaCellSegPreset):
         return normalise(np.repeat(small[..., 2:3], 3, axis=2)), cell_x, box
 
 
+def label_field(
+    preset: Preset,
+    nuclei_prob: np.ndarray,
+    cell_prob: np.ndarray,
+    box: Box,
+    shape: tuple[int, int],
+    options: dict | None = None,
+) -> SegmentationResult:
+    """Restore the maps of one field as ``preset`` does and label them, at the field's size.
+
+    Torch-free, so the CPU workers that run it start quickly.
+    """
+    nuclei_map, cell_map, scale = preset.restore(nuclei_prob, cell_prob, box, shape)
+    return label_cell_at_shape(nuclei_map, cell_map, shape, scale, options)
+
+
 def label_grid(shape: tuple[int, int], label_scale: float) -> tuple[int, int]:
     """(rows, cols) of the label grid: 2048·s along the longer side, the field's aspect kept."""
     k = REFERENCE_SIDE * label_scale / max(shape)
     return max(1, round(shape[0] * k)), max(1, round(shape[1] * k))
 
 
-PRESETS: dict[str, type[Preset]] = {
-    p.name: p for p in (HpaCellSegPreset, PfCellPreset, FastPreset)
-}
+PRESETS: dict[str, type[Preset]] = {p.name: p for p in (HpaCellSegPreset, PfCellPreset, FastPreset)}
 DEFAULT_PRESET = "hpacellseg"
 
 
@@ -223,5 +240,7 @@ def get_preset(name: str, **options: float | None) -> Preset:
     try:
         cls = PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown hpa-unet preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise ValueError(
+            f"unknown hpa-unet preset {name!r}; choose one of {sorted(PRESETS)}"
+        ) from None
     return cls(**{k: v for k, v in options.items() if v is not None})

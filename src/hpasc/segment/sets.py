@@ -33,6 +33,10 @@ from hpasc.segment import (
 StoreLike = Store | str | os.PathLike
 
 
+#: Network batches handed to a batched segmenter per call when it has CPU workers.
+LOOKAHEAD_BATCHES = 4
+
+
 def mask_name(field_id: str) -> str:
     """File name of a field's mask in a mask store."""
     return f"{field_id}.png"
@@ -202,8 +206,11 @@ def segment_set(
         if skip is not None:
             pending = [i for i in pending if not skip(i)]
         segmenter = get_segmenter(method, batch_size=batch_size, workers=workers, **options)
+        # With a worker pool, several batches go to the segmenter at once, so the pool labels
+        # one batch while the networks run on the next.
+        fields_per_call = batch_size * (LOOKAHEAD_BATCHES if workers > 1 else 1)
         try:
-            fn = _BatchedFields(source, segmenter, pending, batch_size, with_nuclei)
+            fn = _BatchedFields(source, segmenter, pending, fields_per_call, with_nuclei)
             return run_fields(ids, fn, workers=1, **common)
         finally:
             segmenter.close()
