@@ -25,7 +25,7 @@ from torch import nn
 
 from hpasc.segment.base import resize_labels
 from hpasc.segment.hpa_unet import HpaUnetSegmenter, run_network
-from hpasc.segment.label_cell import label_cell, label_cell_at_shape
+from hpasc.segment.label_cell import label_cell, label_cell_at_shape, label_nuclei
 from hpasc.segment.presets import Box, get_preset
 
 SHARED = Path(__file__).parents[2] / "shared"
@@ -167,6 +167,14 @@ def test_label_cell_equals_hpacellseg(case):
     assert cells.dtype == v["hpacellseg_cell_label"].dtype
     assert np.array_equal(cells, v["hpacellseg_cell_label"])
     assert np.array_equal(nuclei, v["hpacellseg_nuclei_label"])
+
+
+@pytest.mark.parametrize("case", ["5c27f04c", "57_F11_1", "grid400", "sizerule"])
+def test_label_nuclei_equals_hpacellseg(case):
+    v = _vector(f"label-cell-{case}")
+    labels = label_nuclei(_maps(v, _field_side(v))[0])
+    assert labels.dtype == v["hpacellseg_label_nuclei"].dtype
+    assert np.array_equal(labels, v["hpacellseg_label_nuclei"])
 
 
 @pytest.mark.parametrize("case", ["5c27f04c", "57_F11_1", "sizerule"])
