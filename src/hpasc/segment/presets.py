@@ -109,11 +109,26 @@ class Preset(abc.ABC):
         """(nucleus input, cell input, field box) of an (H, W, 4) RGBY field."""
 
     @abc.abstractmethod
+    def map_grid(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of the maps ``label_cell`` reads, for a field of ``shape``."""
+
     def restore(
         self, nuclei_prob: np.ndarray, cell_prob: np.ndarray, box: Box, shape: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """uint8 (h, w, 3) nucleus and cell maps from (3, h', w') softmax outputs, and the
-        ``label_cell`` scale to read them at."""
+        ``label_cell`` scale to read them at.
+
+        Both references zero channel 0, convert the nucleus map to uint8 before the area resize
+        and the cell map after it.
+        """
+        size = self.map_grid(shape)[::-1]
+        nuclei = box.crop(nuclei_prob)
+        nuclei[..., 0] = 0
+        nuclei = cv2.resize(to_uint8(nuclei), size, interpolation=cv2.INTER_AREA)
+        cell = box.crop(cell_prob)
+        cell[..., 0] = 0
+        cell = to_uint8(cv2.resize(cell, size, interpolation=cv2.INTER_AREA))
+        return nuclei, cell, 1.0 if self.label_scale is None else self.label_scale
 
 
 class HpaCellSegPreset(Preset):
@@ -138,20 +153,7 @@ class HpaCellSegPreset(Preset):
         nuclei_x = normalise(np.repeat(small[..., 2:3], 3, axis=2))
         return nuclei_x, cell_x, box
 
-    def restore(
-        self, nuclei_prob: np.ndarray, cell_prob: np.ndarray, box: Box, shape: tuple[int, int]
-    ) -> tuple[np.ndarray, np.ndarray, float]:
-        size = self._grid(shape)[::-1]
-        # Upstream converts the nucleus map to uint8 before the resize, the cell map after.
-        nuclei = box.crop(to_uint8(nuclei_prob))
-        nuclei[..., 0] = 0
-        cell = box.crop(cell_prob)
-        cell[..., 0] = 0
-        nuclei = cv2.resize(nuclei, size, interpolation=cv2.INTER_AREA)
-        cell = to_uint8(cv2.resize(cell, size, interpolation=cv2.INTER_AREA))
-        return nuclei, cell, 1.0 if self.label_scale is None else self.label_scale
-
-    def _grid(self, shape: tuple[int, int]) -> tuple[int, int]:
+    def map_grid(self, shape: tuple[int, int]) -> tuple[int, int]:
         if self.label_scale is None:
             # Upstream passes dsize (rows, cols), transposing non-square fields; hpasc keeps the
             # field's orientation (equal on the square HPA fields).
@@ -177,19 +179,10 @@ class PfCellPreset(Preset):
         cell_x = normalise(small)
         return np.ascontiguousarray(cell_x[[2, 2, 2]]), cell_x, Box(0, 0, *small.shape[:2])
 
-    def restore(
-        self, nuclei_prob: np.ndarray, cell_prob: np.ndarray, box: Box, shape: tuple[int, int]
-    ) -> tuple[np.ndarray, np.ndarray, float]:
+    def map_grid(self, shape: tuple[int, int]) -> tuple[int, int]:
+        # Every field went to the square 512 grid, so the label grid is square too.
         side = int(REFERENCE_SIDE * self.label_scale)
-        nuclei = box.crop(nuclei_prob)
-        nuclei[..., 0] = 0
-        nuclei = to_uint8(nuclei)
-        cell = box.crop(cell_prob)
-        cell[..., 0] = 0
-        # Every field went to a square 512 grid, so the label grid is square too.
-        nuclei = cv2.resize(nuclei, (side, side), interpolation=cv2.INTER_AREA)
-        cell = to_uint8(cv2.resize(cell, (side, side), interpolation=cv2.INTER_AREA))
-        return nuclei, cell, self.label_scale
+        return side, side
 
 
 class FastPreset(HpaCellSegPreset):
