@@ -164,6 +164,14 @@ def test_cli_hpa_unet_with_a_weight_file(cli, tmp_path):
     assert "3 done" in result.stdout
     for i in range(3):
         assert read_mask(Store(out), f"f{i}").shape == (256, 256)
+    fast = tmp_path / "masks-fast"
+    result = cli(
+        "segment", tmp_path / "images", fast, "--method", "hpa-unet", "--device", "cpu",
+        "--nuclei-model", weights, "--cell-model", weights, "--preset", "fast",
+        "--label-scale", "1.0", "--uint8-labels",
+        check=True,
+    )  # fmt: skip
+    assert "3 done" in result.stdout and read_mask(Store(fast), "f0").shape == (256, 256)
 
 
 def test_cli_crop_after_segment_on_the_real_field(cli, hpa_real, tmp_path):
