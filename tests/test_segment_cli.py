@@ -240,9 +240,13 @@ def test_dry_run_plan_shows_the_segmentation_preset(cli):
     from pathlib import Path
 
     recipe = Path(__file__).parents[1] / "configs/recipes/pfcell-2021.yaml"
-    plan = cli("run", recipe, "--dry-run", check=True).stdout
-    lines = {
-        line.split("]", 1)[1].split()[0]: line for line in plan.splitlines() if "(segment)" in line
+    plan = cli("run", recipe, "--dry-run", check=True).stdout.splitlines()
+    # Each step line is followed by a line of its settings.
+    settings = {
+        line.split("]", 1)[1].split()[0]: plan[i + 1]
+        for i, line in enumerate(plan)
+        if "(segment)" in line
     }
     for step, scale in (("masks-train-1536", 1.0), ("masks-public-1536", 1.0), ("masks-test", 0.5)):
-        assert f"preset=pfcell-2021, label_scale={scale}" in lines[step]
+        assert "method=hpa-unet, preset=pfcell-2021" in settings[step]
+        assert f"options.label_scale={scale}" in settings[step]
