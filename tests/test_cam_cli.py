@@ -1,5 +1,7 @@
 """Image-level configs and the CLI: train --fold all, predict, oof on synthetic data."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -133,7 +135,8 @@ def test_sources_are_overridden_by_index():
         ROOT / "configs/image-level/b2-768.yaml",
         ["data.sources.0.pseudo_labels=a.parquet", "data.sources.1.pseudo_labels=a.parquet"],
     )
-    assert [s.pseudo_labels for s in cfg.data.sources] == ["a.parquet", "a.parquet"]
+    # typed as an override (command line or recipe): relative to the current directory
+    assert [s.pseudo_labels for s in cfg.data.sources] == [str(Path.cwd() / "a.parquet")] * 2
     with pytest.raises(ConfigError, match="pseudo_labels on every source"):
         load_image_level_config(
             ROOT / "configs/image-level/b2-768.yaml", ["data.sources.0.pseudo_labels=a.parquet"]

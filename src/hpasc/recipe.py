@@ -36,6 +36,7 @@ from typing import Any
 
 from hpasc.config import read_yaml
 from hpasc.errors import ConfigError, HpascError
+from hpasc.paths import anchor
 
 log = logging.getLogger("hpasc.recipe")
 
@@ -199,8 +200,12 @@ def load_recipe(
         raise ConfigError(
             f"{path}: unknown top-level key(s) {sorted(unknown)} (known: name, description, data, work, steps)"
         )
-    data_dir = Path(data if data is not None else doc.get("data", ".")).expanduser()
-    work_dir = Path(work if work is not None else doc.get("work", "work")).expanduser()
+    # The path rule (hpasc.paths): recipe and command-line paths are relative to the current
+    # directory, and every ${...} expands to an absolute path.
+    data_dir = Path(anchor(Path(data if data is not None else doc.get("data", ".")).expanduser()))
+    work_dir = Path(
+        anchor(Path(work if work is not None else doc.get("work", "work")).expanduser())
+    )
     steps: dict[str, Step] = {}
     for i, raw in enumerate(doc["steps"]):
         where = f"{path} step {i + 1}"

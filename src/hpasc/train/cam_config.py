@@ -240,14 +240,13 @@ def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
 def load_image_level_config(path: str | Path | None, overrides: list[str] = ()) -> ImageLevelConfig:
     """Read and check an image-level config (YAML + ``a.b=value`` overrides)."""
     from hpasc.config import load_config
+    from hpasc.paths import anchor_overrides
 
-    return validate(load_config(ImageLevelConfig, path, list(overrides)))
+    return validate(load_config(ImageLevelConfig, path, anchor_overrides(overrides)))
 
 
 def resolve_path(root: str | Path, path: str | None) -> str | None:
-    """``path`` relative to ``root`` unless it is absolute or a URL."""
-    if path is None or path == "":
-        return path
-    if "://" in path or Path(path).is_absolute():
-        return path
-    return str(Path(root) / path)
+    """``path`` relative to ``root`` unless it is absolute or a URL (:func:`hpasc.paths.anchor`)."""
+    from hpasc.paths import anchor
+
+    return anchor(path, root)

@@ -115,5 +115,6 @@ def validate(cfg: CellLevelConfig) -> CellLevelConfig:
 def load_cell_level_config(path: str | Path | None, overrides: list[str] = ()) -> CellLevelConfig:
     """Read and check a cell-level config (YAML + ``a.b=value`` overrides)."""
     from hpasc.config import load_config
+    from hpasc.paths import anchor_overrides
 
-    return validate(load_config(CellLevelConfig, path, list(overrides)))
+    return validate(load_config(CellLevelConfig, path, anchor_overrides(overrides)))

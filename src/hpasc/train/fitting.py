@@ -36,10 +36,12 @@ def folds_to_train(cfg: Any, fold: str) -> list[int]:
 
 def absolute_data_root(cfg: Any) -> Any:
     """``cfg`` with ``data.root`` as an absolute path, so the saved config works from any directory."""
-    root = cfg.data.root
-    if "://" in root or Path(root).is_absolute():
+    from hpasc.paths import anchor
+
+    root = anchor(cfg.data.root)
+    if root == cfg.data.root:
         return cfg
-    data = dataclasses.replace(cfg.data, root=str(Path(root).resolve()))
+    data = dataclasses.replace(cfg.data, root=root)
     return dataclasses.replace(cfg, data=data)
 
 

@@ -1,0 +1,59 @@
+"""The one path rule of hpasc (``docs/paths.md``).
+
+* A relative path typed on the command line or written in a recipe is relative to the current
+  directory, as for every command-line tool. ``${data}``, ``${work}``, ``${out}`` and
+  ``${step:NAME}`` in recipes expand to absolute paths.
+* Only the paths written inside a config file's ``data:`` block are relative to ``data.root``.
+* URLs (``s3://…``, ``memory://…``) and absolute paths are used as given.
+
+:func:`anchor` applies the rule to one path; :func:`anchor_overrides` applies it to the path
+values of ``a.b=value`` overrides, which are typed on the command line or in a recipe.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+# Override keys that hold paths: data.root and the file-valued keys of data.sources.N.
+_PATH_OVERRIDE = re.compile(r"data\.(root|sources\.\d+\.(?!name$)[A-Za-z_]+)")
+
+
+def anchor(path: str | os.PathLike | None, base: str | os.PathLike | None = None) -> str | None:
+    """``path`` made absolute against ``base`` (the current directory when None).
+
+    ``None`` and ``""`` are returned as they are, and so are URLs and absolute paths.
+
+    Examples
+    --------
+    >>> anchor("masks", "/data/hpa")
+    '/data/hpa/masks'
+    >>> anchor("s3://bucket/x", "/data")
+    's3://bucket/x'
+    """
+    if path is None or str(path) == "":
+        return None if path is None else ""
+    text = os.fspath(path)
+    if "://" in text or Path(text).is_absolute():
+        return text
+    if base is not None and "://" in os.fspath(base):
+        return f"{os.fspath(base).rstrip('/')}/{text}"
+    return os.path.normpath(os.path.abspath(Path(base or ".") / text))
+
+
+def anchor_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """Overrides with the relative path values of ``data.*`` path keys anchored at the cwd.
+
+    A value such as ``data.sources.0.masks=out/masks`` typed on the command line means
+    ``./out/masks``, never ``<data.root>/out/masks``.
+    """
+    out = []
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        text = value.strip()
+        if sep and _PATH_OVERRIDE.fullmatch(key.strip()) and text and text[0] not in "[{~":
+            if text.lower() not in ("none", "null"):
+                item = f"{key}={anchor(text)}"
+        out.append(item)
+    return out
