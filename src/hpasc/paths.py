@@ -52,8 +52,8 @@ def anchor_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
     for item in overrides:
         key, sep, value = str(item).partition("=")
         text = value.strip()
-        if sep and _PATH_OVERRIDE.fullmatch(key.strip()) and text and text[0] not in "[{~":
-            if text.lower() not in ("none", "null"):
-                item = f"{key}={anchor(text)}"
+        literal = not text or text[0] in "[{~" or text.lower() in ("none", "null")
+        if sep and _PATH_OVERRIDE.fullmatch(key.strip()) and not literal:
+            item = f"{key}={anchor(text)}"
         out.append(item)
     return out
