@@ -16,7 +16,6 @@ import functools
 import io
 import os
 import zipfile
-from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -36,7 +35,7 @@ from hpasc.io.images import (
     to_uint8,
 )
 from hpasc.io.store import Store, open_output
-from hpasc.runner import RunSummary, parse_shard, run_fields, shard_ids
+from hpasc.runner import RunSummary, guard_output, parse_shard, run_fields, shard_ids
 
 INTERPOLATIONS = {
     "area": cv2.INTER_AREA,
@@ -476,12 +475,6 @@ def _write_files(store: Store, field_id: str, files: dict[str, bytes]) -> None:
         raise
 
 
-def _skip_existing(out: Store, names: Callable[[str], list[str]]) -> Callable[[str], bool]:
-    """Resume: a field is done when all its output names exist (listed once, up front)."""
-    present = set(out.list())
-    return lambda field_id: all(n in present for n in names(field_id))
-
-
 def _check_options(size: int, on_error: str, workers: int) -> None:
     if size < 1:
         raise InputError(f"--size must be >= 1, got {size}")
@@ -530,6 +523,8 @@ def resize_set(
         raise InputError(
             f"--eight-bit must be one of {', '.join(EIGHT_BIT_RULES)}, got '{eight_bit}'"
         )
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
     in_url = _url(in_store)
     src = _open(in_url)
     ids = list_mask_ids(src) if masks else list_field_ids(src)
@@ -541,12 +536,16 @@ def resize_set(
         return [f"{field_id}.png"] if masks else [_channel_name(field_id, c) for c in CHANNELS]
 
     with _output(out_store) as out:
+        params = dict(size=size, interpolation=interpolation, dtype=dtype, eight_bit=eight_bit)
+        kind = f"resize {'masks' if masks else 'images'}"
+        mine = ids if shard is None else shard_ids(ids, *shard)
+        skip = guard_output(out, kind, params, {"input": in_url}, mine, names, overwrite=overwrite)
         return run_fields(
             ids,
             functools.partial(_resize_one, in_url, size, masks, interpolation, dtype, eight_bit),
             workers=workers,
             shard=shard,
-            skip=None if overwrite else _skip_existing(out, names),
+            skip=skip,
             on_error=on_error,
             errors_csv=out,
             desc=f"resize {'masks' if masks else 'images'} → {size}",
@@ -621,7 +620,11 @@ def crop_set(
         dest.write_bytes(record_name(field_id), record)
 
     with _output(out) as dest:
-        skip = None if overwrite else _skip_existing(dest, lambda i: [record_name(i)])
+        inputs = {"images": images_url, "masks": masks_url, "orig_masks": orig_url}
+        skip = guard_output(
+            dest, "crop", {"size": size}, inputs, ids, lambda i: [record_name(i)],
+            overwrite=overwrite,
+        )  # fmt: skip
         summary = run_fields(
             ids,
             functools.partial(_crop_one, images_url, masks_url, orig_url, size),
@@ -633,7 +636,7 @@ def crop_set(
             on_result=keep,
             progress=progress,
         )
-        skipped = [i for i in ids if i not in tables and skip is not None and skip(i)]
+        skipped = [i for i in ids if i not in tables and skip(i)]
         tables.update(_stored_tables(dest, skipped))
         table = _merge_tables(tables, orig=True if orig_url is not None else None)
         buf = io.BytesIO()

@@ -13,12 +13,21 @@ handles in the main process (for outputs that only one process may write, e.g. a
 Sharding splits the **sorted** ids round-robin: shard ``i`` of ``n`` holds ``sorted(ids)[i::n]``.
 The split is disjoint and complete for any ``n`` and balanced to within one field; every shard
 must see the same id list (the same input set), which holds when all ranks read the same store.
+
+Every output set remembers how it was made: :func:`guard_output` keeps a manifest
+(``.hpasc-output.json``: the verb, the parameters that shape its items and a fingerprint of each
+input) in the output store. A rerun with other parameters or other inputs refuses with one line
+unless ``overwrite``, which first removes the items it is about to redo; the same parameters and
+inputs resume (finished fields are skipped). Zip outputs are committed every
+``HPASC_ZIP_COMMIT_SECONDS`` (default 30) so that a killed run resumes too.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import multiprocessing
 import os
 import signal
@@ -31,9 +40,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpasc.errors import HpascError, InputError
+from hpasc.io.store import MANIFEST_NAME
 
 OnError = Literal["stop", "skip"]
 _ERRORS_NAME = "errors.csv"
+# Testing hook: the process kills itself (SIGKILL, no clean-up) after this many finished fields.
+KILL_AFTER_ENV = "HPASC_TEST_KILL_AFTER"
+ZIP_COMMIT_ENV = "HPASC_ZIP_COMMIT_SECONDS"
 
 
 class FieldError(HpascError):
@@ -264,6 +277,7 @@ def run_fields(
         todo = shard_ids(todo, *shard)
 
     summary = RunSummary()
+    kill_after = int(os.environ.get(KILL_AFTER_ENV) or 0)
     attempted: set[str] = set()
     bar = _Progress(len(todo), desc, progress)
 
@@ -277,6 +291,8 @@ def run_fields(
         if exc is None:
             summary.done += 1
             bar.add("done")
+            if kill_after and summary.done >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)  # the testing hook: die as a crash does
             return
         summary.failed += 1
         bar.add("failed")
@@ -362,3 +378,144 @@ def _run_pool(
         _kill_pool(pool)
         raise
     pool.shutdown(wait=True)
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def input_fingerprint(store: Any) -> str:
+    """A cheap fingerprint of an input store: its file names and, for local files, their
+    sizes and modification times (no content is read).
+
+    Hidden files (manifests, temporaries) and ``errors.csv`` are left out: they change when a
+    verb resumes, its items do not.
+    """
+    from hpasc.io.store import Store
+
+    src = store if isinstance(store, Store) else Store(os.fspath(store))
+    entries: list[list[Any]] = []
+    for name in src.list(recursive=True):
+        base = name.rsplit("/", 1)[-1]
+        if base.startswith(".") or base == _ERRORS_NAME:
+            continue
+        path = src.local_path(name)
+        if path is None:
+            entries.append([name])
+        else:
+            st = path.stat()
+            entries.append([name, st.st_size, int(st.st_mtime)])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """Parameters as JSON types (tuples → lists, paths → strings), as they read back."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _option(key: str, value: Any) -> str:
+    return f"--{key.replace('_', '-')} {'none' if value is None else value}"
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any], locations: dict[str, str]) -> str:
+    """How an output's manifest differs from this run's, as "made …" words ('' if equal)."""
+    if old.get("kind") != new["kind"]:
+        return f"by `hpasc {old.get('kind')}`, not `hpasc {new['kind']}`"
+    was, now = old.get("params") or {}, new["params"]
+    keys = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    if keys:
+        before = ", ".join(_option(k, was.get(k)) for k in keys)
+        after = ", ".join(_option(k, now.get(k)) for k in keys)
+        return f"with {before} (this run: {after})"
+    was, now = old.get("inputs") or {}, new["inputs"]
+    changed = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    if changed:
+        what = ", ".join(f"{k} ({locations.get(k, '-')})" for k in changed)
+        return f"from other input files: {what} changed since (files added, removed or modified)"
+    return ""
+
+
+def read_manifest(out: Any) -> dict[str, Any] | None:
+    """The manifest of an output store (how it was made), or None when it has none."""
+    if not out.exists(MANIFEST_NAME):
+        return None
+    try:
+        doc = json.loads(out.read_bytes(MANIFEST_NAME))
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def guard_output(
+    out: Any,
+    kind: str,
+    params: dict[str, Any],
+    inputs: dict[str, Any],
+    ids: Iterable[str],
+    names: Callable[[str], list[str]],
+    *,
+    overwrite: bool = False,
+) -> Callable[[str], bool]:
+    """Check that ``out`` holds items made as this run makes them; return the resume test.
+
+    Parameters
+    ----------
+    out : Store
+        The output store.
+    kind : str
+        The verb (``"crop"``, ``"resize images"``, ...).
+    params : dict
+        Every parameter that shapes the items (sizes, methods, options); JSON-able values.
+        A new parameter is recorded by adding it here.
+    inputs : dict
+        Input name (``"images"``, ``"masks"``) → store or location (None: not used); each is
+        recorded by :func:`input_fingerprint`.
+    ids : iterable of str
+        The fields this run writes.
+    names : callable
+        ``names(field_id)``: the output names of one field.
+    overwrite : bool
+        Redo every field: the items of ``ids`` already present are removed first, so a run
+        killed half way never leaves old items that a resume would take for new ones.
+
+    Returns
+    -------
+    callable
+        ``skip(field_id)`` for :func:`run_fields`: the field's outputs all exist.
+
+    Raises
+    ------
+    OutputError
+        Without ``overwrite``, when ``out`` was made with other parameters, from other inputs,
+        by another verb, or holds this verb's items but no manifest.
+    """
+    from hpasc.errors import OutputError
+
+    made = {
+        "kind": kind,
+        "params": _plain(params),
+        "inputs": {k: input_fingerprint(v) for k, v in inputs.items() if v is not None},
+    }
+    locations = {k: str(getattr(v, "url", v)) for k, v in inputs.items() if v is not None}
+    out.remove_dead_temporaries()
+    old = read_manifest(out)
+    present = set(out.list(recursive=True))
+    ids = sorted(set(ids))
+    mine = [n for i in ids for n in names(i) if n in present]
+    fix = "pass --overwrite or another OUT"
+    if overwrite:
+        for name in mine:
+            out.remove(name)
+        present.difference_update(mine)
+    elif old is None and mine:
+        raise OutputError(
+            f"{out} already holds {len(mine)} output file(s) but no record of how they were "
+            f"made ({MANIFEST_NAME}); {fix}"
+        )
+    elif old is not None:
+        problem = _difference(old, made, locations)
+        if problem:
+            raise OutputError(f"{out} was made {problem}; {fix}")
+    if old != made:
+        out.write_bytes(MANIFEST_NAME, json.dumps(made, indent=1, sort_keys=True).encode())
+    out.commit_every(float(os.environ.get(ZIP_COMMIT_ENV, "30")))
+    return lambda field_id: all(n in present for n in names(field_id))

@@ -21,8 +21,10 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import threading
+import time
 import warnings
 import weakref
 import zipfile
@@ -40,6 +42,8 @@ STORED_EXTS = (".png", ".npz", ".zip", ".gz", ".jpg", ".jpeg", ".parquet")
 
 # Temporary files carry this marker so listings skip leftovers of a crashed writer.
 _TMP_MARK = ".hpasc-tmp-"
+#: How an output set was made (hpasc.runner.guard_output); bookkeeping, not listed.
+MANIFEST_NAME = ".hpasc-output.json"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Fixed entry timestamp: the same content gives the same archive bytes.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -85,7 +89,37 @@ def _is_tmp(path: str) -> bool:
 
 
 def _tmp_sibling(target: Path) -> Path:
-    return target.with_name(f".{target.name}{_TMP_MARK}{secrets.token_hex(6)}")
+    # host and pid in the name let a later run tell a dead writer's leftovers from live ones
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    return target.with_name(f".{target.name}{_TMP_MARK}{owner}-{secrets.token_hex(6)}")
+
+
+def _dead_writer(name: str) -> bool:
+    """Whether temp file ``name`` belongs to a process of this host that no longer runs."""
+    owner = name.rpartition(_TMP_MARK)[2]
+    host, _, pid = owner.rpartition("-")[0].rpartition("-")  # <host>-<pid>-<random>
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by another user
+        return False
+    return False
+
+
+def remove_dead_temporaries(folder: Path, prefix: str = "") -> int:
+    """Delete the temp files that killed writers left in ``folder`` (names ``.<prefix>…``)."""
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(folder) as it:
+        for entry in it:
+            mine = entry.name.startswith(f".{prefix}") and _is_tmp(entry.name)
+            if mine and _dead_writer(entry.name):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 class _AtomicWriter(io.RawIOBase):
@@ -384,6 +418,9 @@ class _ZipTransaction:
         self.written: dict[str, int] = {}  # name -> copies in the temp zip
         self.removed: set[str] = set()
         self.parent_pending: set[str] = set()  # pending in the process we were forked from
+        self.commit_every: float | None = None  # seconds between automatic commits (None: never)
+        self.started = 0.0  # when the pending writes began
+        self.commit_seconds = 0.0  # how long the last commit took
 
     def reset(self) -> None:
         self.tmp = None
@@ -399,6 +436,8 @@ class _ZipTransaction:
             )
         if self.writer is None:
             self.target.parent.mkdir(parents=True, exist_ok=True)
+            remove_dead_temporaries(self.target.parent, self.target.name)
+            self.started = time.monotonic()
             self.tmp = _tmp_sibling(self.target)
             self.writer = zipfile.ZipFile(self.tmp, "x", zipfile.ZIP_DEFLATED)
         return self.writer
@@ -408,6 +447,7 @@ class _ZipTransaction:
             if self.pid != os.getpid() or self.writer is None:
                 return
             writer, tmp = self.writer, self.tmp
+            began = time.monotonic()
             try:
                 old = _zip_reader(self.target)
                 if old is not None:
@@ -428,6 +468,7 @@ class _ZipTransaction:
                 if self.target.exists():
                     os.chmod(final, self.target.stat().st_mode & 0o7777)
                 os.replace(final, self.target)
+                self.commit_seconds = time.monotonic() - began
             except BaseException:
                 self.abort()
                 raise
@@ -587,6 +628,12 @@ class _ZipBackend:
         txn.parent_pending.discard(path)
         # Flush so a forked child never inherits buffered bytes it could write out.
         txn.writer.fp.flush()
+        if txn.commit_every is not None:
+            # Commit (copying the archive) at most every commit_every seconds and never more
+            # than a fifth of the time, so that a killed run keeps what it finished.
+            wait = max(txn.commit_every, 4 * txn.commit_seconds)
+            if time.monotonic() - txn.started >= wait:
+                txn.commit()
 
     def write_bytes(self, path: str, data: bytes) -> None:
         with self.txn.lock, warnings.catch_warnings():
@@ -772,9 +819,10 @@ class Store:
         recursive
             Include files in sub-folders (names like ``sub/x.png``).
 
-        A store that does not exist yet lists as empty.
+        A store that does not exist yet lists as empty. The output manifest
+        (:data:`MANIFEST_NAME`) is bookkeeping and not listed.
         """
-        names = self._backend.list(self._prefix, recursive)
+        names = [n for n in self._backend.list(self._prefix, recursive) if n != MANIFEST_NAME]
         if pattern is not None:
             names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         return sorted(names)
@@ -848,6 +896,28 @@ class Store:
     def abort(self) -> None:
         """Discard pending zip writes, leaving the archive as it was. No-op for folders/URLs."""
         self._backend.abort()
+
+    def commit_every(self, seconds: float | None) -> None:
+        """Commit pending zip writes automatically every ``seconds`` (None: only on close).
+
+        For outputs that resume: a killed run then keeps what it wrote before the last commit.
+        No-op for folders/URLs (their writes are committed one file at a time).
+        """
+        txn = getattr(self._backend, "txn", None)
+        if txn is not None:
+            txn.commit_every = seconds
+
+    def remove_dead_temporaries(self) -> int:
+        """Delete temp files left by killed writers of this store (a local folder or zip).
+
+        Returns how many were removed; files of live writers are kept.
+        """
+        archive = getattr(self._backend, "archive", None)
+        if archive is not None:
+            return remove_dead_temporaries(archive.parent, archive.name)
+        if self.kind != "folder":
+            return 0
+        return remove_dead_temporaries(self._backend.root / self._prefix)
 
     def __enter__(self) -> Store:
         return self

@@ -21,7 +21,7 @@ import numpy as np
 from hpasc.errors import InputError
 from hpasc.io.images import encode_png, list_field_ids, read_field
 from hpasc.io.store import Store, open_output
-from hpasc.runner import RunSummary, parse_shard, run_fields, shard_ids
+from hpasc.runner import RunSummary, guard_output, parse_shard, run_fields, shard_ids
 from hpasc.segment import (
     SEGMENTERS,
     SegmentationResult,
@@ -177,7 +177,7 @@ def segment_set(
     with_nuclei = nuclei_out is not None
 
     with _open_output(out) as dest, _open_output(nuclei_out) as nuclei_dest:
-        skip = None if overwrite else _finished(dest, nuclei_dest)
+        skip = _guard(dest, nuclei_dest, source, method, options, ids, shard, overwrite)
 
         def write(field_id: str, encoded: tuple[bytes, bytes | None]) -> None:
             cells_png, nuclei_png = encoded
@@ -216,13 +216,26 @@ def segment_set(
             segmenter.close()
 
 
-def _finished(dest: Store, nuclei_dest: Store | None) -> Callable[[str], bool]:
-    """Resume: a field is done when its mask (and nucleus mask, if asked for) exists."""
-    present = set(dest.list())
-    nuclei_present = set(nuclei_dest.list()) if nuclei_dest is not None else None
-
-    def done(field_id: str) -> bool:
-        name = mask_name(field_id)
-        return name in present and (nuclei_present is None or name in nuclei_present)
-
-    return done
+def _guard(
+    dest: Store,
+    nuclei_dest: Store | None,
+    source: Store,
+    method: str,
+    options: dict[str, Any],
+    ids: list[str],
+    shard: tuple[int, int] | None,
+    overwrite: bool,
+) -> Callable[[str], bool]:
+    """Resume: a field is done when its mask (and nucleus mask, if asked for) exists, in
+    outputs made with this method and options from these images (:func:`guard_output`)."""
+    mine = ids if shard is None else shard_ids(ids, *shard)
+    params = {"method": method, "options": options}
+    inputs = {"images": source}
+    done = [
+        guard_output(
+            store, kind, params, inputs, mine, lambda i: [mask_name(i)], overwrite=overwrite
+        )
+        for store, kind in ((dest, "segment"), (nuclei_dest, "segment nuclei"))
+        if store is not None
+    ]
+    return lambda field_id: all(d(field_id) for d in done)

@@ -1,8 +1,59 @@
-"""Small Lightning callbacks shared by the training entry points."""
+"""Small Lightning callbacks and the epoch-seeded sampler shared by the training entry points.
+
+Resume gives the uninterrupted result: every random draw of epoch ``k`` derives from
+``(seed, k)`` — the field order (:class:`EpochSampler`), the augmentations (datasets seeded by
+epoch and index, modules by global step) and everything drawn from the global generators
+(dropout, drop-path, worker seeds: :class:`EpochSeed`) — so a run resumed at epoch ``k`` from
+``last.ckpt`` draws what the run never killed drew.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import lightning as L
+import numpy as np
+import torch
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed for epoch ``epoch`` of a run seeded ``seed`` (independent streams)."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A random order of ``range(n)`` that depends only on ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every epoch (also the first of a resumed run),
+    unlike a DataLoader's ``shuffle`` generator, which restarts from its seed on resume.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return iter(order.tolist())
+
+
+class EpochSeed(L.Callback):
+    """Seed Python, NumPy and torch (and DataLoader workers) at every epoch start from
+    ``(seed, epoch)``: a resumed epoch starts from the same generator states as in a run that
+    was never stopped (Lightning's checkpoints do not hold them)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        L.seed_everything(epoch_seed(self.seed, trainer.current_epoch), workers=True, verbose=False)
 
 
 class DatasetEpoch(L.Callback):

@@ -118,8 +118,9 @@ def train_fold(
     )
     callbacks = [StreamPlacement(train_stream, valid_stream), *(callbacks or [])]
     trainer = build_trainer(
-        cfg.trainer, out, name=f"{cfg.name or 'cell-level'}/fold-{fold}", callbacks=callbacks
-    )
+        cfg.trainer, out, name=f"{cfg.name or 'cell-level'}/fold-{fold}", callbacks=callbacks,
+        seed=cfg.trainer.seed + fold,
+    )  # fmt: skip
     if trainer.is_global_zero:
         dump_config(cfg, out / runs.CONFIG_NAME)
     log.info(

@@ -60,19 +60,20 @@ def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
     return CellMetric(fields, solution)
 
 
-def _loaders(cfg: ImageLevelConfig, train_ds, valid_ds):
+def _loaders(cfg: ImageLevelConfig, train_ds, valid_ds, seed: int):
     import torch
     from torch.utils.data import DataLoader
 
     from hpasc.data.fields import collate_fields
+    from hpasc.train.callbacks import EpochSampler
 
     d = cfg.data
     common = dict(
         num_workers=d.num_workers, collate_fn=collate_fields, pin_memory=torch.cuda.is_available()
     )
     train = DataLoader(
-        train_ds, batch_size=d.batch_size, shuffle=True, drop_last=False,
-        generator=torch.Generator().manual_seed(cfg.trainer.seed), **common,
+        train_ds, batch_size=d.batch_size, sampler=EpochSampler(len(train_ds), seed),
+        drop_last=False, **common,
     )  # fmt: skip
     valid = DataLoader(
         valid_ds, batch_size=d.valid_batch_size or 2 * d.batch_size, shuffle=False, **common
@@ -123,7 +124,7 @@ def train_fold(
         ),
     )
     valid_ds = FieldDataset(table, valid_rows, cfg.data, "valid")
-    train_loader, valid_loader = _loaders(cfg, train_ds, valid_ds)
+    train_loader, valid_loader = _loaders(cfg, train_ds, valid_ds, cfg.trainer.seed + fold)
 
     module = CAMConsistencyModule(
         cfg, fold, _cell_metric(cfg, table, valid_rows), load_init=ckpt is None
@@ -133,6 +134,7 @@ def train_fold(
         out,
         name=f"{cfg.name or 'image-level'}/fold-{fold}",
         callbacks=[DatasetEpoch(train_ds), *(callbacks or [])],
+        seed=cfg.trainer.seed + fold,
     )
     if trainer.is_global_zero:
         dump_config(cfg, out / runs.CONFIG_NAME)

@@ -212,9 +212,17 @@ def _require(module: str, package: str) -> None:
 
 
 def build_trainer(
-    cfg: TrainerConfig, run_dir: str | Path, name: str = "", callbacks: list | None = None
+    cfg: TrainerConfig,
+    run_dir: str | Path,
+    name: str = "",
+    callbacks: list | None = None,
+    seed: int | None = None,
 ):
     """A ``lightning.Trainer`` writing checkpoints and logs into ``run_dir`` (a fold folder).
+
+    Every epoch starts by seeding the global generators from ``(seed, epoch)`` (default
+    ``cfg.seed``; :class:`~hpasc.train.callbacks.EpochSeed`), so that a resumed run repeats
+    the draws of an uninterrupted one.
 
     Examples
     --------
@@ -223,6 +231,8 @@ def build_trainer(
     """
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from hpasc.train.callbacks import EpochSeed
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -267,7 +277,8 @@ def build_trainer(
         logger=loggers or False,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
-        callbacks=checkpoints + extra + list(callbacks or []),
+        callbacks=[*checkpoints, *extra, EpochSeed(cfg.seed if seed is None else seed)]
+        + list(callbacks or []),
         default_root_dir=str(run_dir),
     )
 
