@@ -630,8 +630,9 @@ class _ZipBackend:
         txn.writer.fp.flush()
         if txn.commit_every is not None:
             # Commit (copying the archive) at most every commit_every seconds and never more
-            # than a fifth of the time, so that a killed run keeps what it finished.
-            wait = max(txn.commit_every, 4 * txn.commit_seconds)
+            # than a fifth of the time, so that a killed run keeps what it finished; 0: after
+            # every write.
+            wait = txn.commit_every and max(txn.commit_every, 4 * txn.commit_seconds)
             if time.monotonic() - txn.started >= wait:
                 txn.commit()
 

@@ -229,7 +229,8 @@ def _guard(
     """Resume: a field is done when its mask (and nucleus mask, if asked for) exists, in
     outputs made with this method and options from these images (:func:`guard_output`)."""
     mine = ids if shard is None else shard_ids(ids, *shard)
-    params = {"method": method, "options": options}
+    # where the network runs does not change the masks: a run may resume on another device
+    params = {"method": method, "options": {k: v for k, v in options.items() if k != "device"}}
     inputs = {"images": source}
     done = [
         guard_output(

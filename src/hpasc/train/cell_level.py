@@ -93,7 +93,7 @@ def train_fold(
     from hpasc.train.trainer import build_trainer, seed_everything
 
     cfg = absolute_data_root(cfg)
-    out, ckpt = open_fold(run_dir, fold, resume, fold_path)
+    out, ckpt = open_fold(run_dir, fold, resume, fold_path, cfg)
 
     seed_everything(cfg.trainer.seed + fold)
     d = cfg.data

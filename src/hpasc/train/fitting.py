@@ -45,13 +45,56 @@ def absolute_data_root(cfg: Any) -> Any:
     return dataclasses.replace(cfg, data=data)
 
 
+# Config keys a resumed run may change: engineering (devices, epochs, logging) and prediction.
+# Everything else shapes the model, so it must equal what the fold was trained with.
+_FREE_ON_RESUME = ("trainer.", "predict.", "data.num_workers", "data.valid_batch_size")
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {
+            k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()
+        }
+    if isinstance(value, list):
+        return {k: v for i, sub in enumerate(value) for k, v in _flat(sub, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _check_resumed_config(out: Path, cfg: Any) -> None:
+    """A resumed fold continues only with the config it was trained with (``config.yaml``)."""
+    from hpasc.config import read_yaml, to_dict
+
+    saved_file = out / runs.CONFIG_NAME
+    if not saved_file.is_file():
+        return
+    saved, now = _flat(read_yaml(saved_file, "run config")), _flat(to_dict(cfg))
+    changed = [
+        k
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k) != now.get(k) and (k == "trainer.seed" or not k.startswith(_FREE_ON_RESUME))
+    ]
+    if changed:
+        key = changed[0]
+        more = f" (and {len(changed) - 1} other key(s))" if len(changed) > 1 else ""
+        raise OutputError(
+            f"{out} was trained with {key}={saved.get(key)!r}, not {now.get(key)!r}{more}; "
+            "resume with the same config or choose another --run-dir"
+        )
+
+
 def open_fold(
-    run_dir: str | Path, fold: int, resume: bool = False, fold_path: str | Path | None = None
+    run_dir: str | Path,
+    fold: int,
+    resume: bool = False,
+    fold_path: str | Path | None = None,
+    cfg: Any = None,
 ) -> tuple[Path, str | None]:
     """The fold folder (``run_dir/fold-<fold>`` or ``fold_path``) and the checkpoint to resume.
 
     ``resume`` continues from ``checkpoints/last.ckpt`` when it exists (None: a fresh start);
-    without it, a fold folder that already holds a checkpoint is an :class:`OutputError`.
+    without it, a fold folder that already holds a checkpoint is an :class:`OutputError`, and
+    so is resuming with a ``cfg`` that differs from the fold's ``config.yaml`` in a key that
+    shapes the model (anything but ``trainer.*`` other than the seed, ``predict.*``, workers).
     """
     out = Path(fold_path) if fold_path is not None else runs.fold_dir(run_dir, fold)
     last = runs.last_checkpoint(out)
@@ -62,6 +105,8 @@ def open_fold(
         )
     if not (resume and last.exists()):
         return out, None
+    if cfg is not None:
+        _check_resumed_config(out, cfg)
     from hpasc.models.weights import check_checkpoint
 
     # Lightning would fail inside fit() with a page of torch advice; say it in one line first

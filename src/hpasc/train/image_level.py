@@ -103,7 +103,7 @@ def train_fold(
     from hpasc.train.trainer import build_trainer, seed_everything
 
     cfg = absolute_data_root(cfg)
-    out, ckpt = open_fold(run_dir, fold, resume, fold_path)
+    out, ckpt = open_fold(run_dir, fold, resume, fold_path, cfg)
 
     seed_everything(cfg.trainer.seed + fold)
     table = load_field_table(cfg.data)
