@@ -9,7 +9,9 @@ epoch and index, modules by global step) and everything drawn from the global ge
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -71,3 +73,33 @@ class DatasetEpoch(L.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.dataset.set_epoch(trainer.current_epoch)
+
+
+class ForgetUnfinishedSteps(L.Callback):
+    """On resume, drop the ``metrics.csv`` rows of steps after the checkpoint: the killed run
+    logged part of an epoch that the resumed run trains again (its rows would appear twice)."""
+
+    def __init__(self, csv_file: str | Path) -> None:
+        self.csv_file = Path(csv_file)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step > 0 and trainer.is_global_zero:
+            drop_rows_from(self.csv_file, trainer.global_step)
+
+
+def drop_rows_from(csv_file: Path, step: int) -> None:
+    """Rewrite a Lightning ``metrics.csv`` keeping the rows logged before global ``step``."""
+    if not csv_file.is_file():
+        return
+    with csv_file.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "step" not in rows[0]:
+        return
+    col = rows[0].index("step")
+    kept = [rows[0]] + [r for r in rows[1:] if not r[col] or float(r[col]) < step]
+    if len(kept) == len(rows):
+        return
+    tmp = csv_file.with_name(f".{csv_file.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(kept)
+    tmp.replace(csv_file)

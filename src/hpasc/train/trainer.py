@@ -232,7 +232,7 @@ def build_trainer(
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from hpasc.train.callbacks import EpochSeed
+    from hpasc.train.callbacks import EpochSeed, ForgetUnfinishedSteps
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -256,6 +256,8 @@ def build_trainer(
         )  # fmt: skip
     loggers = build_loggers(cfg, run_dir, name)
     extra = [LearningRateMonitor(logging_interval="epoch")] if loggers else []
+    if "csv" in cfg.loggers:
+        extra.append(ForgetUnfinishedSteps(run_dir / "metrics.csv"))
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=_devices_arg(cfg.devices),
