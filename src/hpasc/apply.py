@@ -114,6 +114,7 @@ def predict_fields_end_to_end(
     )
     options = PredictOptions(tta=tta, progress=progress)
     tables, image_tables = [], []
+    redone: set[Path] = set()  # work folders (and crop sets) already redone by this call
     for cell_level, members in ((False, groups[False]), (True, groups[True])):
         for run in members:
             folds = find_fold_dirs([run])
@@ -126,8 +127,11 @@ def predict_fields_end_to_end(
                     f"{run}: cannot tell the field size it was trained at (its data moved); pass --size"
                 )
             work = out / "work" / str(side)
-            resize_set(images, work / "images", side, progress=progress, workers=workers)
-            resize_set(masks, work / "masks", side, masks=True, progress=progress, workers=workers)
+            # --overwrite redoes the masks, so what is made from them is redone too (once)
+            common = dict(progress=progress, workers=workers)
+            redo = overwrite and work not in redone
+            resize_set(images, work / "images", side, overwrite=redo, **common)
+            resize_set(masks, work / "masks", side, masks=True, overwrite=redo, **common)
             if cell_level:
                 cs = crop_size or run_input_size(folds[0], cell_level=True)
                 if cs is None:
@@ -135,14 +139,15 @@ def predict_fields_end_to_end(
                         f"{run}: cannot tell its crop size (its crops moved); pass --crop-size"
                     )
                 crops = work / f"crops-{cs}"
-                crop_set(
-                    work / "images", work / "masks", crops, cs, progress=progress, workers=workers
-                )
+                redo = overwrite and crops not in redone
+                crop_set(work / "images", work / "masks", crops, cs, overwrite=redo, **common)
+                redone.add(crops)
                 cells, image_table = predict_cell_fields(folds, str(crops), options)
             else:
                 cells, image_table = predict_fields(
                     folds, str(work / "images"), str(work / "masks"), options
                 )
+            redone.add(work)
             tables.append(cells)
             image_tables.append(image_table)
             log.info("%s: %d cells in %d fields", run, len(cells), len(image_table))
