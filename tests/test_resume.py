@@ -278,7 +278,7 @@ class Kill(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-common = ["trainer.max_epochs=3", "data.batch_size=2", "predict.tta=null"]
+common = ["trainer.max_epochs=3", "data.batch_size=2", "predict.tta=none"]
 if kind == "image-level":
     cfg = tiny_config(data, *common, "data.crop_size=96")
     train_fold = image_level.train_fold
