@@ -365,9 +365,11 @@ def test_relative_paths_follow_the_one_rule(tmp_path, monkeypatch):
     assert anchor("masks", "/data/hpa") == "/data/hpa/masks"
     assert anchor("/abs/x", "/data") == "/abs/x" and anchor("s3://b/x") == "s3://b/x"
     assert anchor("x", "memory://b/root") == "memory://b/root/x"
+    from hpasc.train.cam_config import SourceConfig
+
     assert anchor_overrides(
         ["data.sources.0.masks=out/m", "data.root=d", "data.sources.1.name=kaggle",
-         "optim.lr=0.1", "data.sources.0.folds=null"]
+         "optim.lr=0.1", "data.sources.0.folds=null"], SourceConfig,
     ) == [f"data.sources.0.masks={tmp_path}/out/m", f"data.root={tmp_path}/d",
           "data.sources.1.name=kaggle", "optim.lr=0.1", "data.sources.0.folds=null"]  # fmt: skip
 

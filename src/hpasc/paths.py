@@ -12,12 +12,13 @@ values of ``a.b=value`` overrides, which are typed on the command line or in a r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import typing
 from pathlib import Path
 
-# Override keys that hold paths: data.root and the file-valued keys of data.sources.N.
-_PATH_OVERRIDE = re.compile(r"data\.(root|sources\.\d+\.(?!name$)[A-Za-z_]+)")
+_SOURCE_KEY = re.compile(r"data\.sources\.\d+\.([A-Za-z_]+)")
 
 
 def anchor(path: str | os.PathLike | None, base: str | os.PathLike | None = None) -> str | None:
@@ -42,18 +43,34 @@ def anchor(path: str | os.PathLike | None, base: str | os.PathLike | None = None
     return os.path.normpath(os.path.abspath(Path(base or ".") / text))
 
 
-def anchor_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
-    """Overrides with the relative path values of ``data.*`` path keys anchored at the cwd.
+def path_fields(source_schema: type) -> set[str]:
+    """The keys of a data source dataclass that hold paths: its string fields but ``name``."""
+    hints = typing.get_type_hints(source_schema)
+    return {
+        f.name
+        for f in dataclasses.fields(source_schema)
+        if f.name != "name" and hints[f.name] in (str, str | None)
+    }
+
+
+def anchor_overrides(
+    overrides: list[str] | tuple[str, ...], source_schema: type | None = None
+) -> list[str]:
+    """Overrides with the relative path values of ``data.root`` and of the path keys of
+    ``data.sources.N`` (:func:`path_fields` of ``source_schema``) anchored at the cwd.
 
     A value such as ``data.sources.0.masks=out/masks`` typed on the command line means
     ``./out/masks``, never ``<data.root>/out/masks``.
     """
+    paths = path_fields(source_schema) if source_schema is not None else set()
     out = []
     for item in overrides:
         key, sep, value = str(item).partition("=")
-        text = value.strip()
+        key, text = key.strip(), value.strip()
+        source = _SOURCE_KEY.fullmatch(key)
+        is_path = key == "data.root" or (source is not None and source.group(1) in paths)
         literal = not text or text[0] in "[{~" or text.lower() in ("none", "null")
-        if sep and _PATH_OVERRIDE.fullmatch(key.strip()) and not literal:
+        if sep and is_path and not literal:
             item = f"{key}={anchor(text)}"
         out.append(item)
     return out

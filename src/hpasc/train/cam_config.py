@@ -242,7 +242,7 @@ def load_image_level_config(path: str | Path | None, overrides: list[str] = ()) 
     from hpasc.config import load_config
     from hpasc.paths import anchor_overrides
 
-    return validate(load_config(ImageLevelConfig, path, anchor_overrides(overrides)))
+    return validate(load_config(ImageLevelConfig, path, anchor_overrides(overrides, SourceConfig)))
 
 
 def resolve_path(root: str | Path, path: str | None) -> str | None:

@@ -117,4 +117,6 @@ def load_cell_level_config(path: str | Path | None, overrides: list[str] = ()) -
     from hpasc.config import load_config
     from hpasc.paths import anchor_overrides
 
-    return validate(load_config(CellLevelConfig, path, anchor_overrides(overrides)))
+    return validate(
+        load_config(CellLevelConfig, path, anchor_overrides(overrides, CropSourceConfig))
+    )
