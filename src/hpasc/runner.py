@@ -19,7 +19,8 @@ Every output set remembers how it was made: :func:`guard_output` keeps a manifes
 input) in the output store. A rerun with other parameters or other inputs refuses with one line
 unless ``overwrite``, which first removes the items it is about to redo; the same parameters and
 inputs resume (finished fields are skipped). Zip outputs are committed every
-``HPASC_ZIP_COMMIT_SECONDS`` (default 30) so that a killed run resumes too.
+``HPASC_ZIP_COMMIT_SECONDS`` (default 30) so that a killed run resumes too. For tests of that,
+``HPASC_TEST_KILL_AFTER=k`` makes the process SIGKILL itself after ``k`` finished fields.
 """
 
 from __future__ import annotations
