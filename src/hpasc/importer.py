@@ -469,8 +469,9 @@ def import_public_hpa(
         :func:`hpasc.classes.read_public_hpa_labels`.
     out
         Output store (folder, folder in a zip, URL); receives ``<id>_<color>.png`` and, with
-        ``on_error="skip"``, ``errors.csv`` (``id,error``). Nothing else: labels stay in the
-        table.
+        ``on_error="skip"``, ``errors.csv`` (``id,error``), and the manifest of how it was made
+        (size, format, bit depth, interpolation: a rerun with others refuses). Nothing else:
+        labels stay in the table.
     options
         Size, extension, bit depth, server and retry policy (default: ``ImportOptions()``).
     workers
@@ -491,7 +492,7 @@ def import_public_hpa(
     """
     from hpasc.io.images import write_channel
     from hpasc.io.store import open_store
-    from hpasc.runner import run_fields
+    from hpasc.runner import guard_output, parse_shard, run_fields, shard_ids
 
     options = options or ImportOptions()
     fields = read_public_hpa_fields(table)
@@ -500,7 +501,18 @@ def import_public_hpa(
     by_id = {f.id: f for f in fields}
     store = open_store(out)
     extra = {size: open_store(url) for size, url in options.also}
-    present = [set(s.list("*.png")) for s in (store, *extra.values())]
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    ids = list(by_id) if shard is None else shard_ids(list(by_id), *shard)
+    # The table is no input fingerprint: a longer table into the same OUT adds its new fields.
+    made = {"ext": options.ext, "dtype": options.dtype, "interpolation": options.interpolation}
+    done = [
+        guard_output(
+            s, "import public-hpa", {**made, "size": size}, {}, ids,
+            output_names, fix="choose another OUT or delete it",
+        )
+        for s, size in ((store, options.size), *((s, n) for n, s in extra.items()))
+    ]  # fmt: skip
     totals = {"retries": 0, "nbytes": 0}
 
     def write(fid: str, result: FieldResult) -> None:
@@ -519,7 +531,7 @@ def import_public_hpa(
             _import_one,
             workers=workers,
             shard=shard,
-            skip=lambda fid: all(n in p for p in present for n in output_names(fid)),
+            skip=lambda fid: all(d(fid) for d in done),
             on_error=on_error,
             errors_csv=store,
             desc="import public-HPA",

@@ -455,6 +455,7 @@ def guard_output(
     names: Callable[[str], list[str]],
     *,
     overwrite: bool = False,
+    fix: str = "pass --overwrite or another OUT",
 ) -> Callable[[str], bool]:
     """Check that ``out`` holds items made as this run makes them; return the resume test.
 
@@ -477,6 +478,8 @@ def guard_output(
     overwrite : bool
         Redo every field: the items of ``ids`` already present are removed first, so a run
         killed half way never leaves old items that a resume would take for new ones.
+    fix : str
+        The way out that a refusal names (the verb's own option).
 
     Returns
     -------
@@ -502,7 +505,6 @@ def guard_output(
     present = set(out.list(recursive=True))
     ids = sorted(set(ids))
     mine = [n for i in ids for n in names(i) if n in present]
-    fix = "pass --overwrite or another OUT"
     if overwrite:
         for name in mine:
             out.remove(name)
