@@ -412,3 +412,18 @@ def test_also_sizes_are_each_resized_from_the_original(tmp_path, server, real16,
     assert (small / f"{KEPT[0]}_red.png").exists()
     r = cli("import", "public-hpa", table, big, "--also", "x=y", "--base-url", server.url)
     assert r.returncode == 2 and "--also must be SIZE=STORE" in r.stderr
+
+
+def test_import_into_a_set_of_another_size_refuses(tmp_path, server, real16):
+    from hpasc.errors import OutputError
+
+    serve_fields(server, real16, ROWS[:1])
+    table = write_table(tmp_path / "t.csv", ROWS[:1])
+    options = ImportOptions(size=SIZE, base_url=server.url, policy=FAST)
+    import_public_hpa(table, tmp_path / "out", options, workers=1, progress=False)
+    before = sum(server.hits.values())
+    other = ImportOptions(size=SIZE // 2, base_url=server.url, policy=FAST)
+    with pytest.raises(OutputError, match=f"made with --size {SIZE} .this run: --size {SIZE // 2}"):
+        import_public_hpa(table, tmp_path / "out", other, workers=1, progress=False)
+    assert sum(server.hits.values()) == before  # refused before any download
+    assert read_png(tmp_path / "out/1_A1_1_red.png").shape == (SIZE, SIZE)
