@@ -20,6 +20,7 @@ heavy package at import time so the CLI stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import os
@@ -491,7 +492,7 @@ def import_public_hpa(
     ImportSummary
     """
     from hpasc.io.images import write_channel
-    from hpasc.io.store import open_store
+    from hpasc.io.store import open_output
     from hpasc.runner import guard_output, parse_shard, run_fields, shard_ids
 
     options = options or ImportOptions()
@@ -499,48 +500,49 @@ def import_public_hpa(
     if limit is not None:
         fields = fields[:limit]
     by_id = {f.id: f for f in fields}
-    store = open_store(out)
-    extra = {size: open_store(url) for size, url in options.also}
-    if isinstance(shard, str):
-        shard = parse_shard(shard)
-    ids = list(by_id) if shard is None else shard_ids(list(by_id), *shard)
-    # The table is no input fingerprint: a longer table into the same OUT adds its new fields.
-    made = {"ext": options.ext, "dtype": options.dtype, "interpolation": options.interpolation}
-    done = [
-        guard_output(
-            s, "import public-hpa", {**made, "size": size}, {}, ids,
-            output_names, fix="choose another OUT or delete it",
-        )
-        for s, size in ((store, options.size), *((s, n) for n, s in extra.items()))
-    ]  # fmt: skip
-    totals = {"retries": 0, "nbytes": 0}
+    # open_output commits what was written (zip stores; finished fields are complete) and
+    # discards an output that this run created but finished nothing in
+    with contextlib.ExitStack() as outputs:
+        store = outputs.enter_context(open_output(out))
+        extra = {size: outputs.enter_context(open_output(url)) for size, url in options.also}
+        if isinstance(shard, str):
+            shard = parse_shard(shard)
+        ids = list(by_id) if shard is None else shard_ids(list(by_id), *shard)
+        # The table is no input fingerprint: a longer table into the same OUT adds its new fields.
+        made = {"ext": options.ext, "dtype": options.dtype, "interpolation": options.interpolation}
+        done = [
+            guard_output(
+                s, "import public-hpa", {**made, "size": size}, {}, ids,
+                output_names, fix="choose another OUT or delete it",
+            )
+            for s, size in ((store, options.size), *((s, n) for n, s in extra.items()))
+        ]  # fmt: skip
+        totals = {"retries": 0, "nbytes": 0}
 
-    def write(fid: str, result: FieldResult) -> None:
-        # In this process: a zip store may be written by one process only.
-        for size, images in result.also.items():
-            for color, image in images.items():
-                write_channel(extra[size], fid, color, image)
-        for color, image in result.images.items():
-            write_channel(store, fid, color, image)
-        totals["retries"] += result.retries
-        totals["nbytes"] += result.nbytes
+        def write(fid: str, result: FieldResult) -> None:
+            # In this process: a zip store may be written by one process only.
+            for size, images in result.also.items():
+                for color, image in images.items():
+                    write_channel(extra[size], fid, color, image)
+            for color, image in result.images.items():
+                write_channel(store, fid, color, image)
+            totals["retries"] += result.retries
+            totals["nbytes"] += result.nbytes
 
-    try:
-        run = run_fields(
-            list(by_id),
-            _import_one,
-            workers=workers,
-            shard=shard,
-            skip=lambda fid: all(d(fid) for d in done),
-            on_error=on_error,
-            errors_csv=store,
-            desc="import public-HPA",
-            initializer=functools.partial(_init_worker, by_id, options),
-            on_result=write,
-            progress=progress,
-        )
-    finally:
-        _JOB.clear()
-        for s in (*extra.values(), store):
-            s.close()  # commit what was written (zip stores); finished fields are complete
+        try:
+            run = run_fields(
+                list(by_id),
+                _import_one,
+                workers=workers,
+                shard=shard,
+                skip=lambda fid: all(d(fid) for d in done),
+                on_error=on_error,
+                errors_csv=store,
+                desc="import public-HPA",
+                initializer=functools.partial(_init_worker, by_id, options),
+                on_result=write,
+                progress=progress,
+            )
+        finally:
+            _JOB.clear()
     return ImportSummary(run, totals["retries"], totals["nbytes"], str(store))
