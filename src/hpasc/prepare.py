@@ -15,7 +15,6 @@ import contextlib
 import functools
 import io
 import os
-import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ import pandas as pd
 from scipy import ndimage
 
 from hpasc.errors import InputError
+from hpasc.io import cropset
 from hpasc.io.images import (
     CHANNELS,
     EIGHT_BIT_RULES,
@@ -326,77 +326,46 @@ def _weighted_centre(inside: np.ndarray, blue: np.ndarray, y0: int, x0: int) -> 
 
 
 # --------------------------------------------------------------------------- crop records
+# The record format lives in hpasc.io.cropset; these wrappers accept a store or its URL.
 
 
 def encode_crops(crops: np.ndarray, cell_ids: np.ndarray, cells: np.ndarray | None = None) -> bytes:
-    """One compressed crop record (``.npz``): ``crops`` uint8 (n,8,S,S), ``cell_ids`` int32 (n,).
-
-    ``cells`` (the field's cell table as stored by :func:`crop_set`) rides along so the cell
-    table of a crop set can be rebuilt from its records.
-    """
-    if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1] != 8:
-        raise ValueError(f"crops must be uint8 (n, 8, S, S), got {crops.dtype} {crops.shape}")
-    if len(cell_ids) != len(crops):
-        raise ValueError(f"{len(crops)} crops but {len(cell_ids)} cell ids")
-    arrays = {"crops": crops, "cell_ids": np.asarray(cell_ids, dtype=np.int32)}
-    if cells is not None:
-        arrays["cells"] = cells
-    # np.savez_compressed stamps entries with the current time; a fixed stamp makes the same
-    # crops give the same bytes (reproducible, comparable outputs).
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for key, array in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
+    """One crop record (:func:`hpasc.io.cropset.encode_record`)."""
+    return cropset.encode_record(crops, cell_ids, cells)
 
 
 def record_name(field_id: str) -> str:
-    """Name of a field's crop record inside a crop set."""
-    return f"{field_id}.npz"
+    """Name of a field's crop record inside a crop set (``<id>.crops``)."""
+    return cropset.record_name(field_id)
 
 
 def write_crops(store: Store, field_id: str, crops: np.ndarray, cell_ids: np.ndarray) -> None:
-    """Write one crop record ``<id>.npz`` (atomic, as every store write)."""
-    store.write_bytes(record_name(field_id), encode_crops(crops, cell_ids))
-
-
-def _load_record(store: Store, field_id: str) -> Any:
-    name = record_name(field_id)
-    if not store.exists(name):
-        raise InputError(f"no crop record {name} in {store}; run `hpasc crop` for this field")
-    try:
-        return np.load(io.BytesIO(store.read_bytes(name)), allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"corrupt crop record {name} in {store}: {exc}; delete it and re-run `hpasc crop`"
-        ) from exc
+    """Write one crop record ``<id>.crops`` (atomic, as every store write)."""
+    cropset.write_record(_open(_url(store)), field_id, crops, cell_ids)
 
 
 def read_crops(store: Store | str, field_id: str) -> tuple[np.ndarray, np.ndarray]:
     """A field's crops (n, 8, S, S) uint8 and cell ids (n,) int32 from a crop set."""
-    with _load_record(_open(_url(store)), field_id) as rec:
-        return rec["crops"], rec["cell_ids"]
+    record = cropset.read_record(_open(_url(store)), field_id)
+    return record.crops, record.cell_ids
 
 
 def list_crop_ids(store: Store | str) -> list[str]:
     """Field ids that have a crop record in a crop set, sorted."""
-    return sorted(n[: -len(".npz")] for n in _open(_url(store)).list("*.npz"))
+    return cropset.list_ids(_open(_url(store)))
 
 
 def _stored_tables(store: Store, ids: list[str]) -> dict[str, np.ndarray]:
-    """The cell-table records kept in the crop records of ``ids``."""
+    """The cell-table records kept in the crop records of ``ids`` (no crop is decoded)."""
     tables = {}
     for field_id in ids:
-        with _load_record(store, field_id) as rec:
-            if "cells" not in rec.files:
-                raise InputError(
-                    f"crop record {record_name(field_id)} in {store} has no cell table; "
-                    "re-run `hpasc crop --overwrite`"
-                )
-            tables[field_id] = rec["cells"]
+        rows = cropset.read_table(store, field_id)
+        if rows is None:
+            raise InputError(
+                f"crop record {record_name(field_id)} in {store} has no cell table; "
+                "re-run `hpasc crop --overwrite`"
+            )
+        tables[field_id] = rows
     return tables
 
 
@@ -592,7 +561,7 @@ def crop_set(
     on_error: str = "stop",
     progress: bool = True,
 ) -> RunSummary:
-    """Crop every cell of every field: ``OUT/<id>.npz`` records and the cell table.
+    """Crop every cell of every field: ``OUT/<id>.crops`` records and the cell table.
 
     Each field's image is decoded once; masks must have the image's resolution. Fields
     without cells get an empty record (n = 0). The cell table (:func:`cell_table`, with

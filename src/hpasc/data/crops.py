@@ -139,11 +139,10 @@ def _check_unique(ids: Sequence[str]) -> None:
 
 
 def _record_cell_ids(store, image_id: str) -> np.ndarray:
-    """The cell ids of one record (only that array of the ``.npz`` is decompressed)."""
-    from hpasc.prepare import record_name
+    """The cell ids of one record (only its header is read)."""
+    from hpasc.io import cropset
 
-    with np.load(io.BytesIO(store.read_bytes(record_name(image_id))), allow_pickle=False) as rec:
-        return np.asarray(rec["cell_ids"], dtype=np.int64)
+    return cropset.read_cell_ids(store, image_id).astype(np.int64)
 
 
 def cell_lists(store, image_ids: Sequence[str], progress: bool = True) -> list[np.ndarray]:
@@ -154,14 +153,15 @@ def cell_lists(store, image_ids: Sequence[str], progress: bool = True) -> list[n
     """
     from rich.progress import track
 
-    from hpasc.prepare import CELL_TABLE, list_crop_ids, record_name
+    from hpasc.io import cropset
+    from hpasc.prepare import CELL_TABLE
 
-    have = set(list_crop_ids(store))
+    have = set(cropset.list_ids(store))
     missing = [i for i in image_ids if i not in have]
     if missing:
         raise InputError(
             f"no crop record for {len(missing)} field(s) in {store}, e.g. "
-            f"{store.location(record_name(missing[0]))}; run `hpasc crop` on these fields"
+            f"{store.location(cropset.record_name(missing[0]))}; run `hpasc crop` on these fields"
         )
     if store.exists(CELL_TABLE):
         table = pd.read_parquet(
@@ -460,11 +460,11 @@ class CropStream(IterableDataset):
 
     def _field_items(self, f: int) -> Iterator[tuple[np.ndarray, int]]:
         """(crop, row) for every cell of field ``f``, reading its record once."""
-        from hpasc.prepare import read_crops
+        from hpasc.io import cropset
 
         image_id = self.cells.image_ids[f]
         store = self._store(int(self.cells.store_index[f]))
-        crops, ids = read_crops(store, image_id)
+        crops, ids, _ = cropset.read_record(store, image_id)
         position = {int(c): i for i, c in enumerate(np.asarray(ids))}
         start, stop = self.cells.offsets[f], self.cells.offsets[f + 1]
         for row in range(start, stop):
