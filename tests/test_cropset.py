@@ -56,7 +56,10 @@ def test_round_trip_and_random_access(tmp_path, where):
 def test_records_are_deterministic_and_smaller_than_raw():
     crops = np.zeros((5, 8, 64, 64), np.uint8)
     crops[:, :, 16:48, 16:48] = _crops(5, 32)  # cells: signal in the middle, zeros around
-    a, b = cropset.encode_record(crops, np.arange(1, 6)), cropset.encode_record(crops, np.arange(1, 6))
+    a, b = (
+        cropset.encode_record(crops, np.arange(1, 6)),
+        cropset.encode_record(crops, np.arange(1, 6)),
+    )
     assert a == b
     assert len(a) < crops.nbytes / 2
 
@@ -70,7 +73,9 @@ def test_bad_input_and_corrupt_records(tmp_path):
     data = cropset.encode_record(_crops(2), np.array([1, 2]))
     store.write_bytes("trunc.crops", data[:-10])
     store.write_bytes("junk.crops", b"not a record at all")
-    with pytest.raises(HpascError, match=r"corrupt crop record .*trunc\.crops.*re-run `hpasc crop`"):
+    with pytest.raises(
+        HpascError, match=r"corrupt crop record .*trunc\.crops.*re-run `hpasc crop`"
+    ):
         cropset.read_record(store, "trunc")
     with pytest.raises(HpascError, match="not an hpasc crop record"):
         cropset.read_record(store, "junk")
@@ -84,7 +89,13 @@ def test_crop_set_of_reference_field_equals_the_original_crops(tmp_path):
     vec = np.load(SEED / "crops-5c27f04c.npz")
     write_field(Store(tmp_path / "img"), "f", vec["rgby_768"].transpose(1, 2, 0))
     write_mask(Store(tmp_path / "mask"), "f", vec["mask_768"].astype(np.uint16))
-    crop_set(tmp_path / "img", tmp_path / "mask", tmp_path / "crops", int(vec["image_size"]), progress=False)
+    crop_set(
+        tmp_path / "img",
+        tmp_path / "mask",
+        tmp_path / "crops",
+        int(vec["image_size"]),
+        progress=False,
+    )
     crops, ids = read_crops(tmp_path / "crops", "f")
     assert ids.tolist() == vec["instance_indices"].tolist()
     assert crops.tobytes() == vec["cell_images"].tobytes()

@@ -11,6 +11,10 @@ each field's record once per epoch, and shuffles cells through a bounded buffer,
 not grow with the data set and no record is decoded twice in an epoch. Every worker yields full
 batches only, and all ranks the same number of them (training drops the remainder, evaluation
 pads with rows marked ``-1``), which is what DDP needs.
+
+:class:`CropCells` (with :func:`uniform_loader`) is the map-style alternative for training:
+cells drawn uniformly over all cells by a ``RandomSampler``, each read by random access into
+its record (``data.sampling: uniform``, the reference's sampling).
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from hpasc.classes import NUM_CLASSES
 from hpasc.errors import ConfigError, InputError
 
 PARTS = ("train", "valid", "all")
+SAMPLINGS = ("stream", "uniform")
 
 
 @dataclass
@@ -533,4 +538,58 @@ def stream_loader(stream: CropStream, pin_memory: bool = False) -> torch.utils.d
         num_workers=stream.num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,  # workers must see set_epoch()
+    )
+
+
+# ------------------------------------------------------------------------- uniform sampling
+
+
+class CropCells(Dataset):
+    """Map-style view of a :class:`CellSet`: item ``i`` is ``(crop uint8 8×S×S, target, i)``.
+
+    Every item is read by random access into its field's record (one cell block decoded), so a
+    :class:`~torch.utils.data.RandomSampler` draws cells uniformly over all cells, as the
+    reference's training did; memory does not grow with the data set.
+    """
+
+    def __init__(self, cells: CellSet) -> None:
+        from hpasc.io.cropset import CropReader
+
+        self.cells = cells
+        self._field = cells.cell_field().astype(np.int32)
+        self._reader = CropReader(cells.stores)
+
+    def __len__(self) -> int:
+        return self.cells.n_cells
+
+    def __getitem__(self, row: int):
+        row = int(row)
+        f = int(self._field[row])
+        crop = self._reader.read_cell(
+            int(self.cells.store_index[f]), self.cells.image_ids[f], int(self.cells.cell_ids[row])
+        )
+        return torch.from_numpy(crop), torch.from_numpy(self.cells.targets[row]), row
+
+
+def uniform_loader(
+    cells: CellSet, batch_size: int, num_workers: int, seed: int, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """Training batches of cells drawn uniformly over all cells (a seeded ``RandomSampler``).
+
+    The last partial batch is kept, as in the reference. Under DDP Lightning swaps the sampler
+    for a ``DistributedSampler`` (shuffled, epoch-aware).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dataset = CropCells(cells)
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=torch.utils.data.RandomSampler(dataset, generator=generator),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        # the sampler lives in the main process: workers keep their record headers between epochs
+        persistent_workers=num_workers > 0,
     )

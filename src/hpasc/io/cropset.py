@@ -117,7 +117,9 @@ def encode_record(
                 "level": _LEVEL,
                 "shape": list(crops.shape[1:]),
                 "cell_ids": ids.tolist(),
-                "chunks": [[int(base + s), int(n)] for s, n in zip(starts[:-1], lengths[:-1], strict=True)],
+                "chunks": [
+                    [int(base + s), int(n)] for s, n in zip(starts[:-1], lengths[:-1], strict=True)
+                ],
                 "table": None if cells is None else [int(base + starts[-1]), len(table)],
                 "table_dtype": None if cells is None else cells.dtype.descr,
             },
@@ -204,9 +206,7 @@ def _missing(store: Store, field_id: str) -> InputError:
     hint = ""
     if store.exists(f"{field_id}.npz"):
         hint = " (it holds an .npz record of an older hpasc: re-run `hpasc crop --overwrite`)"
-    return InputError(
-        f"no crop record {name} in {store}{hint}; run `hpasc crop` for this field"
-    )
+    return InputError(f"no crop record {name} in {store}{hint}; run `hpasc crop` for this field")
 
 
 def _read(store: Store, field_id: str) -> bytes:
@@ -257,7 +257,9 @@ def read_table(store: Store, field_id: str) -> np.ndarray | None:
     with store.open(name, "rb") as f:
         f.seek(index.table[0])
         raw = f.read(index.table[1])
-    shifted = RecordIndex(index.cell_ids, index.shape, index.chunks, (0, index.table[1]), index.table_dtype)
+    shifted = RecordIndex(
+        index.cell_ids, index.shape, index.chunks, (0, index.table[1]), index.table_dtype
+    )
     return _table_rows(raw, shifted, store.location(name))
 
 
