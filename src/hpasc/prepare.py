@@ -141,17 +141,21 @@ def _geometry(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids = np.array([k for k, _ in cells], dtype=np.int32)
     geo = np.zeros((len(cells), len(_GEOMETRY)), dtype=np.float64)
     for row, (k, (sy, sx)) in enumerate(cells):
-        ys, xs = np.nonzero(mask[sy, sx] == k)
-        geo[row] = (
-            ys.size,
-            sy.start,
-            sx.start,
-            sy.stop,
-            sx.stop,
-            sy.start + ys.mean(),
-            sx.start + xs.mean(),
-        )
+        geo[row] = _geometry_row(sy, sx, *np.nonzero(mask[sy, sx] == k))
     return ids, geo
+
+
+def _geometry_row(sy: slice, sx: slice, ys: np.ndarray, xs: np.ndarray) -> tuple:
+    """Area, bbox and centroid of one cell from its pixels (``ys, xs`` inside its bbox)."""
+    return (
+        ys.size,
+        sy.start,
+        sx.start,
+        sy.stop,
+        sx.stop,
+        sy.start + ys.mean(),
+        sx.start + xs.mean(),
+    )
 
 
 def cell_table(
@@ -190,9 +194,13 @@ def _table_records(
     mask: np.ndarray,
     orig_shape: tuple[int, int] | None = None,
     orig_mask: np.ndarray | None = None,
+    geometry: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """The cell table of one mask as a structured array (how crop records store it)."""
-    ids, geo = _geometry(mask)
+    """The cell table of one mask as a structured array (how crop records store it).
+
+    ``geometry``: the mask's :func:`_geometry` when the caller has it already.
+    """
+    ids, geo = _geometry(mask) if geometry is None else geometry
     rec = np.zeros(len(ids), dtype=_TABLE_DTYPE)
     rec["cell_id"] = ids
     for j, name in enumerate(_GEOMETRY):
@@ -284,16 +292,28 @@ def crop_cells(
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} sizes differ")
     if size < 2:
         raise ValueError(f"size must be >= 2, got {size}")
-    image = to_uint8(image)
-    cells = _cell_slices(mask)
+    crops, ids, _ = _crop_cells(to_uint8(image), mask, size, _cell_slices(mask))
+    return crops, ids
+
+
+def _crop_cells(
+    image: np.ndarray, mask: np.ndarray, size: int, cells: list
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`crop_cells` of a checked uint8 field, given the mask's :func:`_cell_slices`.
+
+    Also returns the cells' :func:`_geometry` rows, measured on the same pixels (one pass).
+    """
     crops = np.zeros((len(cells), 8, size, size), dtype=np.uint8)
     ids = np.array([k for k, _ in cells], dtype=np.int32)
+    geo = np.zeros((len(cells), len(_GEOMETRY)), dtype=np.float64)
     height, width = mask.shape
     half = size // 2
     for n, (k, (sy, sx)) in enumerate(cells):
         inside = mask[sy, sx] == k
         cell = image[sy, sx] * inside[..., None]  # h×w×4, zero outside the cell
-        cy, cx = _weighted_centre(inside, cell[..., 2], sy.start, sx.start)
+        ys, xs = np.nonzero(inside)
+        geo[n] = _geometry_row(sy, sx, ys, xs)
+        cy, cx = _weighted_centre(ys, xs, cell[..., 2], sy.start, sx.start)
 
         # center: window [cy-half+1, cy-half+1+S) ∩ field; only the bbox can be non-zero.
         y0, x0 = cy - half + 1, cx - half + 1
@@ -310,12 +330,14 @@ def crop_cells(
         resized = cv2.resize(cell, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape(nh, nw, 4)
         oy, ox = (size - nh) // 2, (size - nw) // 2
         crops[n, 1::2, oy : oy + nh, ox : ox + nw] = resized.transpose(2, 0, 1)
-    return crops, ids
+    return crops, ids, geo
 
 
-def _weighted_centre(inside: np.ndarray, blue: np.ndarray, y0: int, x0: int) -> tuple[int, int]:
-    """Blue-weighted centroid, truncated, computed as the reference does (same float order)."""
-    ys, xs = np.nonzero(inside)
+def _weighted_centre(
+    ys: np.ndarray, xs: np.ndarray, blue: np.ndarray, y0: int, x0: int
+) -> tuple[int, int]:
+    """Blue-weighted centroid of the pixels ``ys, xs`` of a bbox, truncated, computed as the
+    reference does (same float order)."""
     b = blue[ys, xs].astype(np.float64)
     total = b.sum()
     if total == 0:
@@ -538,8 +560,9 @@ def _crop_one(
             "(`hpasc resize`, with --masks for masks)"
         )
     orig = read_mask(_open(orig_url), field_id) if orig_url is not None else None
-    crops, ids = crop_cells(image, mask, size)
-    cells = _table_records(mask, orig_mask=orig)
+    # the crops and the cell table share one pass over the mask's cells
+    crops, ids, geo = _crop_cells(to_uint8(image), mask, size, _cell_slices(mask))
+    cells = _table_records(mask, orig_mask=orig, geometry=(ids, geo))
     return encode_crops(crops, ids, cells), cells
 
 
