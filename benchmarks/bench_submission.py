@@ -74,8 +74,9 @@ def reference_rows(image_id: str, mask: np.ndarray, probs: dict[int, np.ndarray]
     return image_id, width, height, " ".join(triples)
 
 
-def write_ratio(n_fields: int, rng: np.random.Generator) -> dict:
-    """Seconds per field of the reference writer and of hpasc's, CSV writes included."""
+def write_ratio(n_fields: int, rng: np.random.Generator, repeats: int = 2) -> dict:
+    """Seconds per field of the reference writer and of hpasc's, CSV writes included (best of
+    ``repeats`` interleaved runs of each)."""
     fields = [(f"f{i:03d}", blob_field(rng)) for i in range(n_fields)]
     ids, cells, probs = [], [], []
     for image_id, mask in fields:
@@ -88,18 +89,21 @@ def write_ratio(n_fields: int, rng: np.random.Generator) -> dict:
         (i, c): p for i, c, p in zip(ids, cells, table[PROB_COLUMNS].to_numpy(), strict=True)
     }
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        base = [
-            reference_rows(i, m, {c: by_field[(i, c)] for c in np.unique(m)[1:].tolist()})
-            for i, m in fields
-        ]
-        pd.DataFrame(base, columns=SUBMISSION_COLUMNS).to_csv(Path(tmp) / "ref.csv", index=False)
-        t_base = (time.perf_counter() - start) / n_fields
+        t_base = t_ours = float("inf")
+        for _ in range(repeats):  # interleaved, best of each: load on a shared machine is bursty
+            start = time.perf_counter()
+            base = [
+                reference_rows(i, m, {c: by_field[(i, c)] for c in np.unique(m)[1:].tolist()})
+                for i, m in fields
+            ]
+            frame = pd.DataFrame(base, columns=SUBMISSION_COLUMNS)
+            frame.to_csv(Path(tmp) / "ref.csv", index=False)
+            t_base = min(t_base, (time.perf_counter() - start) / n_fields)
 
-        start = time.perf_counter()
-        rows = field_rows(fields, table, edge_area_threshold=EDGE, center_area_threshold=CENTER)
-        write_rows(rows, Path(tmp) / "hpasc.csv")
-        t_ours = (time.perf_counter() - start) / n_fields
+            start = time.perf_counter()
+            rows = field_rows(fields, table, edge_area_threshold=EDGE, center_area_threshold=CENTER)
+            write_rows(rows, Path(tmp) / "hpasc.csv")
+            t_ours = min(t_ours, (time.perf_counter() - start) / n_fields)
 
         ours = pd.read_csv(Path(tmp) / "hpasc.csv", keep_default_na=False)
         for b, o in zip(base, ours.itertuples(), strict=True):
