@@ -488,7 +488,7 @@ def main() -> None:
     from bench_submission import write_ratio
 
     _one_thread()
-    c = crop_ratio(768, 3 if args.quick else 6)
+    c = crop_ratio(768, 3 if args.quick else 8)
     s = write_ratio(3 if args.quick else 6, np.random.default_rng(0))
     print("against the original's algorithms (same fields, writes included, outputs checked):")
     _table(
