@@ -36,6 +36,7 @@ from hpasc.io.store import Store
 from hpasc.metric import evaluate
 from hpasc.rle import decode_rle_counts, encode_instance_mask
 from hpasc.submission import SUBMISSION_COLUMNS, field_rows, write_rows
+from machine import print_table
 
 SIDE = 2048
 EDGE, CENTER = 80_000.0, 32_000.0
@@ -233,11 +234,7 @@ def main() -> None:
     ]
     rows += bench_write(args.write_fields, rng)
     rows += bench_metric(args.metric_fields, rng)
-    width = max(len(k) for k, _ in rows)
-    print(f"| {'measure':<{width}} | value |")
-    print(f"|{'-' * (width + 2)}|-------|")
-    for k, v in rows:
-        print(f"| {k:<{width}} | {v} |")
+    print_table(["measure", "value"], rows)
 
 
 if __name__ == "__main__":

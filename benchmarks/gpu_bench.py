@@ -169,6 +169,8 @@ def main() -> None:
         "--device", default=None, help="default: cuda when available (cpu in smoke)"
     )
     args = parser.parse_args()
+    from machine import print_table
+
     sizes = SMOKE if args.smoke else Sizes()
     name = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     device = torch.device(name)
@@ -181,11 +183,7 @@ def main() -> None:
     table = rows(sizes, device)
     print(f"device: {what}; torch {torch.__version__}; {'SMOKE (tiny models) ' if args.smoke else ''}"
           f"random weights; {time.perf_counter() - start:.0f} s")  # fmt: skip
-    width = max(len(k) for k, _ in table)
-    print(f"| {'case'.ljust(width)} | result |")
-    print(f"|{'-' * (width + 2)}|--------|")
-    for k, v in table:
-        print(f"| {k.ljust(width)} | {v} |")
+    print_table(["case", "result"], table)
 
 
 if __name__ == "__main__":
