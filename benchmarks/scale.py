@@ -45,6 +45,7 @@ WORKERS = (2, 16, 64)
 ENSEMBLE = {"cam": 10, "cell": 10}  # 20 test models: 2 CAM configs and 2 cell configs × 5 folds
 D4 = 8
 CELLS = 25
+NETWORK_SECONDS = [0.0]  # time spent in the HPA networks' forward (the stand-ins add to it)
 
 
 # ------------------------------------------------------------------------ measurements (child)
@@ -146,7 +147,9 @@ def _hpa_unet(scale_factor: float, label_scale: float) -> Callable[[int, Path], 
                 self.net, self.which, self.logits = DPNUnet().eval(), which, None
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
+                start = time.perf_counter()
                 self.net(x)
+                NETWORK_SECONDS[0] += time.perf_counter() - start
                 if self.logits is None or self.logits.shape[-2:] != x.shape[-2:]:
                     maps = probability_maps(mask, image[..., 2], x.shape[-1])[self.which]
                     self.logits = torch.from_numpy(np.log(np.clip(maps, 1e-4, 1)))[None]
@@ -274,11 +277,13 @@ def _child(stage: str, sides: list[int], repeats: int) -> None:
             _reset_peak()
             times = []
             for _ in range(repeats):
+                NETWORK_SECONDS[0] = 0.0
                 start = time.perf_counter()
                 run()
-                times.append(time.perf_counter() - start)
+                times.append((time.perf_counter() - start, NETWORK_SECONDS[0]))
             peak = _status_kib("VmHWM")
-        print(json.dumps({"stage": stage, "side": side, "seconds": min(times),
+        seconds, network = min(times)
+        print(json.dumps({"stage": stage, "side": side, "seconds": seconds, "network_seconds": network,
                           "peak_mib": peak / 1024, "before_mib": before / 1024}), flush=True)  # fmt: skip
 
 
@@ -328,20 +333,26 @@ def _fmt_hours(seconds: float) -> str:
     return f"{hours:,.1f} h" if hours < 48 else f"{hours / 24:,.1f} d"
 
 
-def _per_field(results: dict, stage: str, side: int) -> float:
-    """Seconds of ``stage`` for a field of ``side`` (stages measured at one side are fixed)."""
+def _per_field(results: dict, stage: str, side: int, cpu_only: bool = False) -> float:
+    """Seconds of ``stage`` for a field of ``side`` (stages measured at one side are fixed);
+    ``cpu_only``: without the HPA networks' forward (what is left when they run on a GPU)."""
     got = results[stage]
+
+    def value(row: dict) -> float:
+        return row["seconds"] - (row.get("network_seconds", 0.0) if cpu_only else 0.0)
+
     if side in got:
-        return got[side]["seconds"]
+        return value(got[side])
     if len(got) == 1:
-        return next(iter(got.values()))["seconds"]
+        return value(next(iter(got.values())))
     # between measured sides: proportional to the pixels of the nearest measured side
     near = min(got, key=lambda s: abs(s - side))
-    return got[near]["seconds"] * (side / near) ** 2
+    return value(got[near]) * (side / near) ** 2
 
 
-def projection(results: dict, segment: str) -> dict[str, float]:
-    """CPU-seconds of the preparation of each part of the reference run (one core)."""
+def projection(results: dict, segment: str, gpu_networks: bool = False) -> dict[str, float]:
+    """CPU-seconds of the preparation of each part of the reference run (one core);
+    ``gpu_networks``: the HPA networks' forward left out (run on a GPU)."""
 
     def mix(fn: Callable[[int], float]) -> float:
         return sum(w * fn(s) for s, w in SIDE_MIX.items())
@@ -352,7 +363,7 @@ def projection(results: dict, segment: str) -> dict[str, float]:
     )  # the reference segments train and public fields on their 1536 copies
 
     def seg_1536() -> float:
-        return _per_field(results, train_seg, 1536)
+        return _per_field(results, train_seg, 1536, gpu_networks)
 
     def train(side: int) -> float:
         return (
@@ -368,7 +379,7 @@ def projection(results: dict, segment: str) -> dict[str, float]:
         return (
             _per_field(results, "resize-768", side)
             + _per_field(results, "resize-1536", side)
-            + _per_field(results, seg, side)
+            + _per_field(results, seg, side, gpu_networks)
             + _per_field(results, "mask-resize", side)
             + crops
             + _per_field(results, "cell-table", side)
@@ -425,6 +436,10 @@ def main() -> None:
         fixed = "" if own is None else f"{next(iter(got.values()))['seconds']:.3f} @{own[0]}"
         peak = max(r["peak_mib"] for r in got.values())
         rows.append([label, *per_side, fixed, f"{peak:.0f}"])
+        if any(r["network_seconds"] for r in got.values()):
+            net = [f"{got[s]['network_seconds']:.3f}" if own is None else "" for s in sides]
+            fixed = "" if own is None else f"{next(iter(got.values()))['network_seconds']:.3f}"
+            rows.append(["  of which the two networks' forward", *net, fixed, ""])
     print_table(header, rows)
 
     if not args.quick:
@@ -448,12 +463,15 @@ def main() -> None:
         "scaling over workers (one field per worker at a time)"
     )
     rows = []
-    for segment in ("hpa-unet", "classical"):
-        parts = projection(results, segment)
+    variants = [("hpa-unet", False, "segmenter hpa-unet"),
+                ("hpa-unet", True, "hpa-unet, networks on a GPU (CPU part)"),
+                ("classical", False, "segmenter classical")]  # fmt: skip
+    for segment, gpu, name in variants:
+        parts = projection(results, segment, gpu)
         total = sum(parts.values())
         cells = [_fmt_hours(total / w) for w in WORKERS]
         detail = ", ".join(f"{k} {v / total:.0%}" for k, v in parts.items())
-        rows.append([f"segmenter {segment}", f"{total / 3600:,.0f} h", *cells, detail])
+        rows.append([name, f"{total / 3600:,.0f} h", *cells, detail])
     peak = max(r["peak_mib"] for got in results.values() for r in got.values())
     print_table(
         ["preparation", "CPU core-hours", *[f"{w} workers" for w in WORKERS], "share"], rows
