@@ -4,7 +4,7 @@ A :class:`CellSet` lists cells field by field (cells of field ``f`` are rows
 ``offsets[f]:offsets[f+1]``) with one 19-class target per cell: the field's multi-hot image label
 broadcast to its cells, or a *soft* label looked up by ``(image_id, cell_id)`` in an out-of-fold
 cell prediction table. It never holds pixels: those stay in the crop sets (one record per field,
-``crops`` uint8 (n, 8, S, S) + ``cell_ids``, see :mod:`hpasc.prepare`).
+``crops`` uint8 (n, 8, S, S) + ``cell_ids``, see :mod:`hpasc.io.cropset`).
 
 :class:`CropStream` feeds a DataLoader. Every (rank, worker) reads its own share of the fields,
 each field's record once per epoch, and shuffles cells through a bounded buffer, so memory does
