@@ -87,34 +87,30 @@ def _write_png_field(folder: Path, field_id: str, image, mask) -> None:
 
 
 def _resize(size: int) -> Callable[[int, Path], Callable[[], object]]:
-    """Decode the 4 PNGs at ``side``, resize to ``size``, encode and write them."""
+    """``resize_set`` of one field at ``side`` to ``size`` with the reference recipe's settings:
+    4 PNGs decoded, resized, encoded and written."""
 
     def setup(side: int, tmp: Path) -> Callable[[], object]:
-        from hpasc import prepare
-        from hpasc.io.store import Store
+        from hpasc.prepare import resize_set
 
         _write_png_field(tmp, "f", *_field(side))
-        out = Store(tmp / f"out-{size}")
-        url = str(tmp / "images")
-        return lambda: prepare._write_files(
-            out, "f", prepare._resize_one(url, size, False, "auto", "uint8", "f")
-        )
+        options = dict(interpolation="linear", dtype="uint8", eight_bit="opencv")
+        return lambda: resize_set(tmp / "images", tmp / f"out-{size}", size, overwrite=True,
+                                  progress=False, **options)  # fmt: skip
 
     return setup
 
 
 def _mask_resize(side: int, tmp: Path) -> Callable[[], object]:
     """An original-size mask to 1536 and to 768 (nearest), PNG decode and encode included."""
-    from hpasc import prepare
-    from hpasc.io.store import Store
+    from hpasc.prepare import resize_set
 
     _write_png_field(tmp, "f", *_field(side))
-    out = Store(tmp / "out")
-    url = str(tmp / "masks")
 
     def run() -> None:
         for size in (1536, 768):
-            prepare._write_files(out, "f", prepare._resize_one(url, size, True, "auto", None, "f"))
+            resize_set(tmp / "masks", tmp / f"out-{size}", size, masks=True, overwrite=True,
+                       progress=False)  # fmt: skip
 
     return run
 
