@@ -306,7 +306,7 @@ def read_throughput(n_fields: int = 48, side: int = 768, size: int = 192, worker
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=768, help="side of the timed fields")
-    parser.add_argument("--fields", type=int, default=8, help="timed fields")
+    parser.add_argument("--fields", type=int, default=12, help="timed fields")
     parser.add_argument("--memory-size", type=int, default=3072, help="side of the memory field")
     parser.add_argument("--crop", type=int, default=192, help="crop side S")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs, best kept")

@@ -310,10 +310,12 @@ def _crop_cells(
     half = size // 2
     for n, (k, (sy, sx)) in enumerate(cells):
         inside = mask[sy, sx] == k
-        cell = image[sy, sx] * inside[..., None]  # h×w×4, zero outside the cell
+        box = image[sy, sx]
+        cell = cv2.bitwise_and(box, box, mask=inside.view(np.uint8))  # h×w×4, 0 outside the cell
         ys, xs = np.nonzero(inside)
         geo[n] = _geometry_row(sy, sx, ys, xs)
-        cy, cx = _weighted_centre(ys, xs, cell[..., 2], sy.start, sx.start)
+        # boolean indexing walks the pixels in the order of nonzero(): same sums as the reference
+        cy, cx = _weighted_centre(ys, xs, box[..., 2][inside], sy.start, sx.start)
 
         # center: window [cy-half+1, cy-half+1+S) ∩ field; only the bbox can be non-zero.
         y0, x0 = cy - half + 1, cx - half + 1
@@ -336,9 +338,9 @@ def _crop_cells(
 def _weighted_centre(
     ys: np.ndarray, xs: np.ndarray, blue: np.ndarray, y0: int, x0: int
 ) -> tuple[int, int]:
-    """Blue-weighted centroid of the pixels ``ys, xs`` of a bbox, truncated, computed as the
-    reference does (same float order)."""
-    b = blue[ys, xs].astype(np.float64)
+    """Blue-weighted centroid of the pixels ``ys, xs`` of a bbox (``blue``: their blue values),
+    truncated, computed as the reference does (same float order)."""
+    b = blue.astype(np.float64)
     total = b.sum()
     if total == 0:
         # The reference would return (0, 0) here (a window at the field's corner).
