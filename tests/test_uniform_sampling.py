@@ -19,10 +19,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cell-level"
 SIDE = 8
 
 
-def _crop_set(root: Path, n_fields: int = 9) -> tuple[str, list[str]]:
+def _crop_set(root: Path, n_fields: int = 9, name: str = "crops") -> tuple[str, list[str]]:
     """Random records, every third field without cells, and a Kaggle label table."""
     rng = np.random.default_rng(0)
-    store = Store(str(root / "crops"))
+    store = Store(str(root / name))
     ids, rows = [], []
     for i in range(n_fields):
         fid = f"f{i}"
@@ -31,8 +31,9 @@ def _crop_set(root: Path, n_fields: int = 9) -> tuple[str, list[str]]:
         write_crops(store, fid, rng.integers(0, 256, (n, 8, SIDE, SIDE), dtype=np.uint8), cell_ids)
         ids.append(fid)
         rows.append((fid, str(i % 19)))
+    store.close()
     pd.DataFrame(rows, columns=["ID", "Label"]).to_csv(root / "train.csv", index=False)
-    return str(root / "crops"), ids
+    return str(root / name), ids
 
 
 def test_items_are_the_cells_of_their_records(tmp_path):
@@ -51,12 +52,20 @@ def test_items_are_the_cells_of_their_records(tmp_path):
         np.testing.assert_array_equal(target.numpy(), labels[field[row]])
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_an_epoch_is_a_seeded_permutation_of_all_cells(tmp_path, workers):
-    crops, ids = _crop_set(tmp_path)
+@pytest.mark.parametrize("workers, name", [(0, "crops"), (2, "crops"), (2, "crops.zip/sub")])
+def test_an_epoch_is_a_seeded_permutation_of_all_cells(tmp_path, workers, name):
+    crops, ids = _crop_set(tmp_path, name=name)
     cells = build_cell_set(crops, ids, progress=False)
     loader = uniform_loader(cells, batch_size=4, num_workers=workers, seed=7)
-    batches = [row.tolist() for _, _, row in loader]
+    field = cells.cell_field()
+    batches = []
+    for batch, _, row in loader:  # forked workers read their cells right, zip stores too
+        batches.append(row.tolist())
+        for crop, r in zip(batch, batches[-1], strict=True):
+            got, cell_ids = read_crops(crops, ids[field[r]])
+            np.testing.assert_array_equal(
+                crop.numpy(), got[cell_ids.tolist().index(cells.cell_ids[r])]
+            )
     order = [r for b in batches for r in b]
     # every cell once per epoch, the last partial batch kept (as the reference's RandomSampler)
     assert sorted(order) == list(range(cells.n_cells))
