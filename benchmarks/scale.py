@@ -123,8 +123,8 @@ def _classical(side: int, tmp: Path) -> Callable[[], object]:
     return lambda: segmenter.segment(image)
 
 
-def _hpa_unet(scale_factor: float, label_scale: float) -> Callable[[int, Path], Callable]:
-    """The HPA U-Net segmenter end to end (both networks' real forward on CPU)."""
+def _hpa_unet(preset: str, label_scale: float | None = None) -> Callable[[int, Path], Callable]:
+    """The HPA U-Net segmenter with ``preset`` end to end (both networks' real forward on CPU)."""
 
     def setup(side: int, tmp: Path) -> Callable[[], object]:
         import torch
@@ -155,7 +155,7 @@ def _hpa_unet(scale_factor: float, label_scale: float) -> Callable[[int, Path], 
             "hpa-unet",
             nuclei_model=Standin(0),
             cell_model=Standin(1),
-            scale_factor=scale_factor,
+            preset=preset,
             label_scale=label_scale,
             batch_size=1,
             device="cpu",
@@ -238,15 +238,26 @@ STAGES: dict[str, tuple[str, Callable, tuple[int, ...] | None]] = {
     "resize-768-from-1536": ("resize 1536 copy → 768 (public HPA)", _resize(768), (1536,)),
     "mask-resize": ("resize mask → 1536 and 768 (nearest)", _mask_resize, None),
     "segment-classical": ("segment: classical (hpasc default)", _classical, None),
+    # the recipe's masks: preset pfcell-2021 (every field to 512 px for the nets)
     "segment-hpa-unet-test": (
-        "segment: hpa-unet test preset (nets at ¼ side, label_cell s=0.5)",
-        _hpa_unet(0.25, 0.5),
+        "segment: hpa-unet pfcell-2021, test masks (label_cell s=0.5)",
+        _hpa_unet("pfcell-2021", 0.5),
         None,
     ),
     "segment-hpa-unet-train": (
-        "segment: hpa-unet training preset (1536 copy, nets at 512, s=1.0)",
-        _hpa_unet(1 / 3, 1.0),
+        "segment: hpa-unet pfcell-2021, training masks (1536 copy, s=1.0)",
+        _hpa_unet("pfcell-2021", 1.0),
         (1536,),
+    ),
+    "segment-hpa-unet-hpacellseg": (
+        "segment: hpa-unet hpacellseg (nets at ¼ side, labels at the field)",
+        _hpa_unet("hpacellseg"),
+        (2048,),
+    ),
+    "segment-hpa-unet-fast": (
+        "segment: hpa-unet fast (nets at ¼ side, s=0.5)",
+        _hpa_unet("fast"),
+        None,
     ),
     "crop-768": ("crop 192 px from the 768 copy (record written)", _crop(768), (2048,)),
     "crop-1536": ("crop 192 px from the 1536 copy (record written)", _crop(1536), (2048,)),
