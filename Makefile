@@ -41,8 +41,10 @@ test-fast: install
 demo: install
 	$(BIN)/hpasc demo
 
+# scale table, projection, and crops/submission against the original (a few minutes on 2 cores);
+# the per-topic benchmarks: python benchmarks/bench_<topic>.py; GPU: bash benchmarks/gpu.sh
 bench: install
-	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	PYTHONPATH=src $(BIN)/python benchmarks/scale.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -158,13 +158,13 @@ def _rows(stream: CropStream, workers: int) -> list[list[int]]:
 
 
 def test_stream_reads_each_field_once_and_splits_ranks(tmp_path, monkeypatch):
-    import hpasc.prepare
+    from hpasc.io import cropset
 
     crops, ids, _ = _crop_set(tmp_path, n_fields=20)
     cell_set = build_cell_set(crops, ids, progress=False)
     reads: list[str] = []
-    real = hpasc.prepare.read_crops
-    monkeypatch.setattr(hpasc.prepare, "read_crops", lambda s, f: (reads.append(f), real(s, f))[1])
+    real = cropset.read_record
+    monkeypatch.setattr(cropset, "read_record", lambda s, f: (reads.append(f), real(s, f))[1])
 
     # evaluation: every cell exactly once over two ranks, equal batch counts, padding = -1
     seen, lengths = [], []

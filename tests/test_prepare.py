@@ -397,11 +397,11 @@ def test_resume_after_kill_matches_clean_run(tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(out.glob("*.npz"))) < 3:
+    while time.monotonic() < deadline and len(list(out.glob("*.crops"))) < 3:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = len(list(out.glob("*.npz")))
+    partial = len(list(out.glob("*.crops")))
     assert 3 <= partial < 40, "the run must be killed midway"
     assert not (out / "cells.parquet").exists()
 

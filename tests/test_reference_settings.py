@@ -145,5 +145,6 @@ def test_pfcell_dry_run_shows_the_reference_settings(cli, tmp_path):
     assert "predict.precision=32-true" in cam
     cell = settings("cell-resnest50-768-stage3/fold-2")
     assert "model.input_range=raw" in cell and "trainer.precision=32-true" in cell
+    assert "data.sampling=uniform" in cell  # item 1.10: RandomSampler over all cells
     assert "upsample=nearest, precision=32-true" in settings("test-cam-b2-stage3")
     assert "precision=32-true" in settings("test-cell-resnest50-1536-stage3-cos")

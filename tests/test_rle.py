@@ -70,3 +70,26 @@ def test_large_values_encode():
     enc = encode_instance_mask(m)
     assert enc[1] == reference_encode(m == 1)
     assert enc[2] == reference_encode(m == 2)
+
+
+def test_run_facts_match_pixel_counts_and_border_contact():
+    from hpasc.rle import label_runs, run_facts
+
+    rng = np.random.default_rng(3)
+    for h, w in [(7, 5), (1, 6), (6, 1), (9, 9)]:
+        # few labels in blocks: runs cross column ends (bottom of x, top of x+1)
+        mask = rng.integers(0, 4, (h, w)).astype(np.uint16) * (rng.random((h, w)) < 0.7)
+        mask[1:-1, 1:-1][rng.random((max(h - 2, 0), max(w - 2, 0))) < 0.3] = 9  # interior-ish
+        ids, areas, touches = run_facts(label_runs(mask))
+        want = np.unique(mask[mask > 0])
+        assert ids.tolist() == want.tolist()
+        assert areas.tolist() == [int((mask == k).sum()) for k in want]
+        border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+        assert touches.tolist() == [bool((border == k).any()) for k in want]
+    # a label only in the interior, reached by a run that wraps from one column to the next
+    m = np.zeros((4, 4), np.uint16)
+    m[2:4, 1] = 5
+    m[0, 2] = 5  # top row
+    m[1:3, 2] = 6  # interior only
+    ids, areas, touches = run_facts(label_runs(m))
+    assert dict(zip(ids.tolist(), touches.tolist(), strict=True)) == {5: True, 6: False}

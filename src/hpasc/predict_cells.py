@@ -170,7 +170,7 @@ def predict_cell_fields(
     cfg = loaded[0][1]
     ids = list(ids) if ids is not None else list_crop_ids(Store(crops))
     if not ids:
-        raise InputError(f"no crop records (<id>.npz) in {crops}; make them with `hpasc crop`")
+        raise InputError(f"no crop records (<id>.crops) in {crops}; make them with `hpasc crop`")
     cell_set = build_cell_set(crops, ids, progress=options.progress)
     return predict_cell_set(
         [m for m, _ in loaded], cell_set, options.tta or cfg.predict.tta, options.batch_size or cfg.predict.batch_size,

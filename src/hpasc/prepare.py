@@ -15,7 +15,11 @@ import contextlib
 import functools
 import io
 import os
+<<<<<<< HEAD
 import zipfile
+=======
+from collections.abc import Callable
+>>>>>>> scale
 from typing import Any
 
 import cv2
@@ -24,6 +28,7 @@ import pandas as pd
 from scipy import ndimage
 
 from hpasc.errors import InputError
+from hpasc.io import cropset
 from hpasc.io.images import (
     CHANNELS,
     EIGHT_BIT_RULES,
@@ -140,17 +145,21 @@ def _geometry(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids = np.array([k for k, _ in cells], dtype=np.int32)
     geo = np.zeros((len(cells), len(_GEOMETRY)), dtype=np.float64)
     for row, (k, (sy, sx)) in enumerate(cells):
-        ys, xs = np.nonzero(mask[sy, sx] == k)
-        geo[row] = (
-            ys.size,
-            sy.start,
-            sx.start,
-            sy.stop,
-            sx.stop,
-            sy.start + ys.mean(),
-            sx.start + xs.mean(),
-        )
+        geo[row] = _geometry_row(sy, sx, *np.nonzero(mask[sy, sx] == k))
     return ids, geo
+
+
+def _geometry_row(sy: slice, sx: slice, ys: np.ndarray, xs: np.ndarray) -> tuple:
+    """Area, bbox and centroid of one cell from its pixels (``ys, xs`` inside its bbox)."""
+    return (
+        ys.size,
+        sy.start,
+        sx.start,
+        sy.stop,
+        sx.stop,
+        sy.start + ys.mean(),
+        sx.start + xs.mean(),
+    )
 
 
 def cell_table(
@@ -189,9 +198,13 @@ def _table_records(
     mask: np.ndarray,
     orig_shape: tuple[int, int] | None = None,
     orig_mask: np.ndarray | None = None,
+    geometry: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """The cell table of one mask as a structured array (how crop records store it)."""
-    ids, geo = _geometry(mask)
+    """The cell table of one mask as a structured array (how crop records store it).
+
+    ``geometry``: the mask's :func:`_geometry` when the caller has it already.
+    """
+    ids, geo = _geometry(mask) if geometry is None else geometry
     rec = np.zeros(len(ids), dtype=_TABLE_DTYPE)
     rec["cell_id"] = ids
     for j, name in enumerate(_GEOMETRY):
@@ -283,16 +296,30 @@ def crop_cells(
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} sizes differ")
     if size < 2:
         raise ValueError(f"size must be >= 2, got {size}")
-    image = to_uint8(image)
-    cells = _cell_slices(mask)
+    crops, ids, _ = _crop_cells(to_uint8(image), mask, size, _cell_slices(mask))
+    return crops, ids
+
+
+def _crop_cells(
+    image: np.ndarray, mask: np.ndarray, size: int, cells: list
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`crop_cells` of a checked uint8 field, given the mask's :func:`_cell_slices`.
+
+    Also returns the cells' :func:`_geometry` rows, measured on the same pixels (one pass).
+    """
     crops = np.zeros((len(cells), 8, size, size), dtype=np.uint8)
     ids = np.array([k for k, _ in cells], dtype=np.int32)
+    geo = np.zeros((len(cells), len(_GEOMETRY)), dtype=np.float64)
     height, width = mask.shape
     half = size // 2
     for n, (k, (sy, sx)) in enumerate(cells):
         inside = mask[sy, sx] == k
-        cell = image[sy, sx] * inside[..., None]  # h×w×4, zero outside the cell
-        cy, cx = _weighted_centre(inside, cell[..., 2], sy.start, sx.start)
+        box = image[sy, sx]
+        cell = cv2.bitwise_and(box, box, mask=inside.view(np.uint8))  # h×w×4, 0 outside the cell
+        ys, xs = np.nonzero(inside)
+        geo[n] = _geometry_row(sy, sx, ys, xs)
+        # boolean indexing walks the pixels in the order of nonzero(): same sums as the reference
+        cy, cx = _weighted_centre(ys, xs, box[..., 2][inside], sy.start, sx.start)
 
         # center: window [cy-half+1, cy-half+1+S) ∩ field; only the bbox can be non-zero.
         y0, x0 = cy - half + 1, cx - half + 1
@@ -309,13 +336,15 @@ def crop_cells(
         resized = cv2.resize(cell, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape(nh, nw, 4)
         oy, ox = (size - nh) // 2, (size - nw) // 2
         crops[n, 1::2, oy : oy + nh, ox : ox + nw] = resized.transpose(2, 0, 1)
-    return crops, ids
+    return crops, ids, geo
 
 
-def _weighted_centre(inside: np.ndarray, blue: np.ndarray, y0: int, x0: int) -> tuple[int, int]:
-    """Blue-weighted centroid, truncated, computed as the reference does (same float order)."""
-    ys, xs = np.nonzero(inside)
-    b = blue[ys, xs].astype(np.float64)
+def _weighted_centre(
+    ys: np.ndarray, xs: np.ndarray, blue: np.ndarray, y0: int, x0: int
+) -> tuple[int, int]:
+    """Blue-weighted centroid of the pixels ``ys, xs`` of a bbox (``blue``: their blue values),
+    truncated, computed as the reference does (same float order)."""
+    b = blue.astype(np.float64)
     total = b.sum()
     if total == 0:
         # The reference would return (0, 0) here (a window at the field's corner).
@@ -325,77 +354,46 @@ def _weighted_centre(inside: np.ndarray, blue: np.ndarray, y0: int, x0: int) -> 
 
 
 # --------------------------------------------------------------------------- crop records
+# The record format lives in hpasc.io.cropset; these wrappers accept a store or its URL.
 
 
 def encode_crops(crops: np.ndarray, cell_ids: np.ndarray, cells: np.ndarray | None = None) -> bytes:
-    """One compressed crop record (``.npz``): ``crops`` uint8 (n,8,S,S), ``cell_ids`` int32 (n,).
-
-    ``cells`` (the field's cell table as stored by :func:`crop_set`) rides along so the cell
-    table of a crop set can be rebuilt from its records.
-    """
-    if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1] != 8:
-        raise ValueError(f"crops must be uint8 (n, 8, S, S), got {crops.dtype} {crops.shape}")
-    if len(cell_ids) != len(crops):
-        raise ValueError(f"{len(crops)} crops but {len(cell_ids)} cell ids")
-    arrays = {"crops": crops, "cell_ids": np.asarray(cell_ids, dtype=np.int32)}
-    if cells is not None:
-        arrays["cells"] = cells
-    # np.savez_compressed stamps entries with the current time; a fixed stamp makes the same
-    # crops give the same bytes (reproducible, comparable outputs).
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for key, array in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
+    """One crop record (:func:`hpasc.io.cropset.encode_record`)."""
+    return cropset.encode_record(crops, cell_ids, cells)
 
 
 def record_name(field_id: str) -> str:
-    """Name of a field's crop record inside a crop set."""
-    return f"{field_id}.npz"
+    """Name of a field's crop record inside a crop set (``<id>.crops``)."""
+    return cropset.record_name(field_id)
 
 
 def write_crops(store: Store, field_id: str, crops: np.ndarray, cell_ids: np.ndarray) -> None:
-    """Write one crop record ``<id>.npz`` (atomic, as every store write)."""
-    store.write_bytes(record_name(field_id), encode_crops(crops, cell_ids))
-
-
-def _load_record(store: Store, field_id: str) -> Any:
-    name = record_name(field_id)
-    if not store.exists(name):
-        raise InputError(f"no crop record {name} in {store}; run `hpasc crop` for this field")
-    try:
-        return np.load(io.BytesIO(store.read_bytes(name)), allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"corrupt crop record {name} in {store}: {exc}; delete it and re-run `hpasc crop`"
-        ) from exc
+    """Write one crop record ``<id>.crops`` (atomic, as every store write)."""
+    cropset.write_record(_open(_url(store)), field_id, crops, cell_ids)
 
 
 def read_crops(store: Store | str, field_id: str) -> tuple[np.ndarray, np.ndarray]:
     """A field's crops (n, 8, S, S) uint8 and cell ids (n,) int32 from a crop set."""
-    with _load_record(_open(_url(store)), field_id) as rec:
-        return rec["crops"], rec["cell_ids"]
+    record = cropset.read_record(_open(_url(store)), field_id)
+    return record.crops, record.cell_ids
 
 
 def list_crop_ids(store: Store | str) -> list[str]:
     """Field ids that have a crop record in a crop set, sorted."""
-    return sorted(n[: -len(".npz")] for n in _open(_url(store)).list("*.npz"))
+    return cropset.list_ids(_open(_url(store)))
 
 
 def _stored_tables(store: Store, ids: list[str]) -> dict[str, np.ndarray]:
-    """The cell-table records kept in the crop records of ``ids``."""
+    """The cell-table records kept in the crop records of ``ids`` (no crop is decoded)."""
     tables = {}
     for field_id in ids:
-        with _load_record(store, field_id) as rec:
-            if "cells" not in rec.files:
-                raise InputError(
-                    f"crop record {record_name(field_id)} in {store} has no cell table; "
-                    "re-run `hpasc crop --overwrite`"
-                )
-            tables[field_id] = rec["cells"]
+        rows = cropset.read_table(store, field_id)
+        if rows is None:
+            raise InputError(
+                f"crop record {record_name(field_id)} in {store} has no cell table; "
+                "re-run `hpasc crop --overwrite`"
+            )
+        tables[field_id] = rows
     return tables
 
 
@@ -568,8 +566,9 @@ def _crop_one(
             "(`hpasc resize`, with --masks for masks)"
         )
     orig = read_mask(_open(orig_url), field_id) if orig_url is not None else None
-    crops, ids = crop_cells(image, mask, size)
-    cells = _table_records(mask, orig_mask=orig)
+    # the crops and the cell table share one pass over the mask's cells
+    crops, ids, geo = _crop_cells(to_uint8(image), mask, size, _cell_slices(mask))
+    cells = _table_records(mask, orig_mask=orig, geometry=(ids, geo))
     return encode_crops(crops, ids, cells), cells
 
 
@@ -591,7 +590,7 @@ def crop_set(
     on_error: str = "stop",
     progress: bool = True,
 ) -> RunSummary:
-    """Crop every cell of every field: ``OUT/<id>.npz`` records and the cell table.
+    """Crop every cell of every field: ``OUT/<id>.crops`` records and the cell table.
 
     Each field's image is decoded once; masks must have the image's resolution. Fields
     without cells get an empty record (n = 0). The cell table (:func:`cell_table`, with

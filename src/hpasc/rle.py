@@ -19,6 +19,45 @@ _MAX_GROUPS = 13  # 5 bits per char: enough for any int64 delta
 _CV_TRANSPOSABLE = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32))
 
 
+class LabelRuns(NamedTuple):
+    """Column-major runs of the non-zero labels of an (H, W) mask, sorted by label then start.
+
+    ``starts``/``ends`` are flat column-major positions (``x * H + y``), ends exclusive.
+    """
+
+    labels: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    n: int
+    height: int
+    width: int
+
+
+def label_runs(mask: np.ndarray) -> LabelRuns:
+    """The :class:`LabelRuns` of an instance mask (one pass over the pixels)."""
+    labels, starts, ends, n = _label_runs(mask)
+    return LabelRuns(labels, starts, ends, n, *mask.shape)
+
+
+def run_facts(runs: LabelRuns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels present (ascending), their areas (int64) and whether they touch the border.
+
+    Computed from the runs alone: a run touches the top (bottom) row when it covers a position
+    ``≡ 0`` (``≡ H-1``) modulo H, the left (right) column when it starts (ends) there.
+    """
+    labels, starts, ends, n, h, w = runs
+    if labels.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=bool)
+    first = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    areas = np.add.reduceat(ends - starts, first)
+    top = (starts + h - 1) // h * h < ends
+    bottom = starts // h * h + h - 1 < ends
+    edge = top | bottom | (starts < h) | (ends > (w - 1) * h)
+    touches = np.logical_or.reduceat(edge, first)
+    return labels[first], areas.astype(np.int64), touches
+
+
 def _label_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Column-major runs of non-zero labels: (labels, starts, ends), sorted by label then start."""
     if mask.ndim != 2:
@@ -79,7 +118,12 @@ def encode_instance_mask(mask: np.ndarray) -> dict[int, str]:
     >>> list(encode_instance_mask(m))
     [7]
     """
-    labels, starts, ends, n = _label_runs(mask)
+    return encode_runs(label_runs(mask))
+
+
+def encode_runs(runs: LabelRuns) -> dict[int, str]:
+    """:func:`encode_instance_mask` of a mask given by its :func:`label_runs`."""
+    labels, starts, ends, n = runs.labels, runs.starts, runs.ends, runs.n
     if labels.size == 0:
         return {}
     # Per label, counts = [s0, e0-s0, s1-e0, e1-s1, ..., n-e_last (if > 0)].

@@ -235,7 +235,7 @@ _CAM_LOADER = "hpasc.train.cam_config:load_image_level_config"
 _CELL_LOADER = "hpasc.train.cell_config:load_cell_level_config"
 #: what the plan shows of a training task (the settings where the reference and hpasc differ)
 CAM_SETTINGS = ("trainer.precision", "predict.upsample", "predict.precision")
-CELL_SETTINGS = ("model.input_range", "trainer.precision", "predict.precision")
+CELL_SETTINGS = ("model.input_range", "data.sampling", "trainer.precision", "predict.precision")
 
 
 def _in_folder(path: str, name: str) -> Path:

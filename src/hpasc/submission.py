@@ -32,14 +32,13 @@ import pandas as pd
 from hpasc.cells import PROB_COLUMNS, average_tables, read_table, validate_table
 from hpasc.classes import NUM_CLASSES
 from hpasc.errors import InputError, OutputError
-from hpasc.rle import encode_instance_mask, mask_string_runs
+from hpasc.rle import encode_runs, label_runs, mask_string_runs, run_facts
 
 SUBMISSION_COLUMNS = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
 REFERENCE_SIDE = 2048  # the field size the reference thresholds were chosen for
 EDGE_AREA_THRESHOLD = 80_000.0
 CENTER_AREA_THRESHOLD = 32_000.0
 _EXAMPLES = 5
-_AREA_ROWS = 128  # bincount by bands: the int64 copy of each band stays in cache
 
 
 # --------------------------------------------------------------------------- post-processing
@@ -87,17 +86,7 @@ def cell_facts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    if mask.size == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0, dtype=bool)
-    counts = np.zeros(int(mask.max()) + 1, dtype=np.int64)
-    for top in range(0, mask.shape[0], _AREA_ROWS):
-        counts += np.bincount(mask[top : top + _AREA_ROWS].ravel(), minlength=counts.size)
-    ids = np.flatnonzero(counts)
-    ids = ids[ids != 0]
-    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-    touches = np.isin(ids, border)
-    return ids.astype(np.int64), counts[ids].astype(np.int64), touches
+    return run_facts(label_runs(mask))
 
 
 def format_confidences(values: np.ndarray) -> list[str]:
@@ -206,7 +195,10 @@ def field_rows(
         image_id = str(image_id)
         seen.append(image_id)
         height, width = mask.shape
-        ids, areas, touches = cell_facts(mask)
+        if mask.ndim != 2:
+            raise ValueError(f"mask of {image_id!r} must be 2-D, got shape {mask.shape}")
+        runs = label_runs(mask)  # the one pass over the pixels: facts and mask strings
+        ids, areas, touches = run_facts(runs)
         rows = rows_of.get(image_id, np.zeros(0, dtype=np.int64))
         cells = table_cells[rows]
         order = np.argsort(cells, kind="stable")
@@ -235,7 +227,7 @@ def field_rows(
             areas[pos], edge, edge_area_threshold * factor, center_area_threshold * factor
         )
         conf = (probs[rows].astype(np.float64) * scale[:, None]).astype(np.float32)
-        strings = encode_instance_mask(mask) if cells.size else {}
+        strings = encode_runs(runs) if cells.size else {}
         text = format_confidences(conf)
         keep = (conf >= min_confidence).ravel()
         n_classes = len(class_list)
@@ -337,23 +329,30 @@ def write_submission(
     :func:`build_submission`. Returns the summary counts.
     """
     store, table, ids = _prepare(mask_store, table_or_tables, weights, allow_missing)
+    summary = SubmissionSummary()
+    fields = _store_fields(store, ids, progress)
+    write_rows(field_rows(fields, table, summary=summary, **options), out_csv)
+    return summary
+
+
+def write_rows(rows: Iterable[SubmissionRow], out_csv: str | os.PathLike) -> None:
+    """Write submission rows (as :func:`field_rows` yields them) to a CSV file, streamed.
+
+    The file appears only when complete (temporary file, then rename; nothing on an error).
+    """
     from hpasc.io.store import Store
 
     out = Path(out_csv)
-    summary = SubmissionSummary()
     try:
         with Store(out.parent).open(out.name, "wb") as raw:  # discarded on an exception
             text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
             writer = csv.writer(text, lineterminator="\n")
             writer.writerow(SUBMISSION_COLUMNS)
-            fields = _store_fields(store, ids, progress)
-            for row in field_rows(fields, table, summary=summary, **options):
-                writer.writerow(row)
+            writer.writerows(rows)
             text.flush()
             text.detach()  # the atomic writer commits when the with block closes it
     except OSError as exc:
         raise OutputError(f"cannot write {out}: {exc}") from exc
-    return summary
 
 
 # --------------------------------------------------------------------------- reading and checking

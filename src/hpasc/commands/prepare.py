@@ -70,7 +70,9 @@ def resize(
 def crop(
     images: str = typer.Argument(..., help="Image store (<id>_<channel>.png)."),
     masks: str = typer.Argument(..., help="Mask store (<id>.png) at the images' resolution."),
-    output: str = typer.Argument(..., help="Crop set to write: <id>.npz records + cells.parquet."),
+    output: str = typer.Argument(
+        ..., help="Crop set to write: <id>.crops records + cells.parquet."
+    ),
     size: int = typer.Option(192, "--size", "-s", min=2, help="Crop side S (8 planes S×S/cell)."),
     orig_masks: str = typer.Option(
         None,

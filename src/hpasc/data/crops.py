@@ -4,13 +4,17 @@ A :class:`CellSet` lists cells field by field (cells of field ``f`` are rows
 ``offsets[f]:offsets[f+1]``) with one 19-class target per cell: the field's multi-hot image label
 broadcast to its cells, or a *soft* label looked up by ``(image_id, cell_id)`` in an out-of-fold
 cell prediction table. It never holds pixels: those stay in the crop sets (one record per field,
-``crops`` uint8 (n, 8, S, S) + ``cell_ids``, see :mod:`hpasc.prepare`).
+``crops`` uint8 (n, 8, S, S) + ``cell_ids``, see :mod:`hpasc.io.cropset`).
 
 :class:`CropStream` feeds a DataLoader. Every (rank, worker) reads its own share of the fields,
 each field's record once per epoch, and shuffles cells through a bounded buffer, so memory does
 not grow with the data set and no record is decoded twice in an epoch. Every worker yields full
 batches only, and all ranks the same number of them (training drops the remainder, evaluation
 pads with rows marked ``-1``), which is what DDP needs.
+
+:class:`CropCells` (with :func:`uniform_loader`) is the map-style alternative for training:
+cells drawn uniformly over all cells by a ``RandomSampler``, each read by random access into
+its record (``data.sampling: uniform``, the reference's sampling).
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from hpasc.classes import NUM_CLASSES
 from hpasc.errors import ConfigError, InputError
 
 PARTS = ("train", "valid", "all")
+SAMPLINGS = ("stream", "uniform")
 
 
 @dataclass
@@ -139,11 +144,10 @@ def _check_unique(ids: Sequence[str]) -> None:
 
 
 def _record_cell_ids(store, image_id: str) -> np.ndarray:
-    """The cell ids of one record (only that array of the ``.npz`` is decompressed)."""
-    from hpasc.prepare import record_name
+    """The cell ids of one record (only its header is read)."""
+    from hpasc.io import cropset
 
-    with np.load(io.BytesIO(store.read_bytes(record_name(image_id))), allow_pickle=False) as rec:
-        return np.asarray(rec["cell_ids"], dtype=np.int64)
+    return cropset.read_cell_ids(store, image_id).astype(np.int64)
 
 
 def cell_lists(store, image_ids: Sequence[str], progress: bool = True) -> list[np.ndarray]:
@@ -154,14 +158,15 @@ def cell_lists(store, image_ids: Sequence[str], progress: bool = True) -> list[n
     """
     from rich.progress import track
 
-    from hpasc.prepare import CELL_TABLE, list_crop_ids, record_name
+    from hpasc.io import cropset
+    from hpasc.prepare import CELL_TABLE
 
-    have = set(list_crop_ids(store))
+    have = set(cropset.list_ids(store))
     missing = [i for i in image_ids if i not in have]
     if missing:
         raise InputError(
             f"no crop record for {len(missing)} field(s) in {store}, e.g. "
-            f"{store.location(record_name(missing[0]))}; run `hpasc crop` on these fields"
+            f"{store.location(cropset.record_name(missing[0]))}; run `hpasc crop` on these fields"
         )
     if store.exists(CELL_TABLE):
         table = pd.read_parquet(
@@ -460,11 +465,11 @@ class CropStream(IterableDataset):
 
     def _field_items(self, f: int) -> Iterator[tuple[np.ndarray, int]]:
         """(crop, row) for every cell of field ``f``, reading its record once."""
-        from hpasc.prepare import read_crops
+        from hpasc.io import cropset
 
         image_id = self.cells.image_ids[f]
         store = self._store(int(self.cells.store_index[f]))
-        crops, ids = read_crops(store, image_id)
+        crops, ids, _ = cropset.read_record(store, image_id)
         position = {int(c): i for i, c in enumerate(np.asarray(ids))}
         start, stop = self.cells.offsets[f], self.cells.offsets[f + 1]
         for row in range(start, stop):
@@ -533,4 +538,58 @@ def stream_loader(stream: CropStream, pin_memory: bool = False) -> torch.utils.d
         num_workers=stream.num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,  # workers must see set_epoch()
+    )
+
+
+# ------------------------------------------------------------------------- uniform sampling
+
+
+class CropCells(Dataset):
+    """Map-style view of a :class:`CellSet`: item ``i`` is ``(crop uint8 8×S×S, target, i)``.
+
+    Every item is read by random access into its field's record (one cell block decoded), so a
+    :class:`~torch.utils.data.RandomSampler` draws cells uniformly over all cells, as the
+    reference's training did; memory does not grow with the data set.
+    """
+
+    def __init__(self, cells: CellSet) -> None:
+        from hpasc.io.cropset import CropReader
+
+        self.cells = cells
+        self._field = cells.cell_field().astype(np.int32)
+        self._reader = CropReader(cells.stores)
+
+    def __len__(self) -> int:
+        return self.cells.n_cells
+
+    def __getitem__(self, row: int):
+        row = int(row)
+        f = int(self._field[row])
+        crop = self._reader.read_cell(
+            int(self.cells.store_index[f]), self.cells.image_ids[f], int(self.cells.cell_ids[row])
+        )
+        return torch.from_numpy(crop), torch.from_numpy(self.cells.targets[row]), row
+
+
+def uniform_loader(
+    cells: CellSet, batch_size: int, num_workers: int, seed: int, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """Training batches of cells drawn uniformly over all cells (a seeded ``RandomSampler``).
+
+    The last partial batch is kept, as in the reference. Under DDP Lightning swaps the sampler
+    for a ``DistributedSampler`` (shuffled, epoch-aware).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dataset = CropCells(cells)
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=torch.utils.data.RandomSampler(dataset, generator=generator),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        # the sampler lives in the main process: workers keep their record headers between epochs
+        persistent_workers=num_workers > 0,
     )

@@ -38,7 +38,7 @@ from hpasc.errors import InputError, OutputError, oserror_to_output_error
 __all__ = ["Store", "open_store", "clean_name", "STORED_EXTS"]
 
 #: Entries with these endings are already compressed: zip stores them without deflate.
-STORED_EXTS = (".png", ".npz", ".zip", ".gz", ".jpg", ".jpeg", ".parquet")
+STORED_EXTS = (".png", ".npz", ".crops", ".zip", ".gz", ".jpg", ".jpeg", ".parquet")
 
 # Temporary files carry this marker so listings skip leftovers of a crashed writer.
 _TMP_MARK = ".hpasc-tmp-"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpasc.data.crops import CropSourceConfig
+from hpasc.data.crops import SAMPLINGS, CropSourceConfig
 from hpasc.errors import ConfigError
 from hpasc.models.cell import HEADS, INPUT_RANGES, CellModelConfig
 from hpasc.models.losses import OBJECTIVES
@@ -36,6 +36,10 @@ class CellDataConfig:
     batch_size: int = 128
     valid_batch_size: int | None = None  # default 2 × batch_size
     num_workers: int = 4
+    # training order: "stream" (fields in shuffled order, cells through a per-worker buffer of
+    # shuffle_buffer cells; whole batches per worker) or "uniform" (a RandomSampler over all
+    # cells, random access into the crop sets; the reference's sampling)
+    sampling: str = "stream"
     shuffle_buffer: int = 2048  # cells held per worker for shuffling (memory: × 8·S² bytes)
 
 
@@ -97,6 +101,7 @@ def validate(cfg: CellLevelConfig) -> CellLevelConfig:
     check_choice(cfg.predict.tta, ("d4", "none"), "predict.tta")
     check_choice(cfg.model.input_range, INPUT_RANGES, "model.input_range")
     check_choice(cfg.predict.precision, INFERENCE_PRECISIONS, "predict.precision")
+    check_choice(cfg.data.sampling, SAMPLINGS, "data.sampling")
     if not 0.0 <= cfg.loss.exclude_hardest < 1.0:
         raise ConfigError(f"loss.exclude_hardest: {cfg.loss.exclude_hardest} must be in [0, 1)")
     if not 0.0 <= cfg.augment.cutmix_p <= 1.0:

@@ -29,19 +29,21 @@ class StreamPlacement(L.Callback):
     iterable dataset); the train stream also learns the epoch (its shuffle depends on it).
     """
 
-    def __init__(self, train_stream, valid_stream=None) -> None:
+    def __init__(self, train_stream=None, valid_stream=None) -> None:
         self.streams = [s for s in (train_stream, valid_stream) if s is not None]
-        self.train_stream = train_stream
+        self.train_stream = train_stream  # None: training batches come from a sampler
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         for s in self.streams:
             s.rank, s.world_size = trainer.global_rank, trainer.world_size
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.train_stream.set_epoch(trainer.current_epoch)
+        if self.train_stream is not None:
+            self.train_stream.set_epoch(trainer.current_epoch)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.train_stream.set_epoch(trainer.current_epoch)
+        if self.train_stream is not None:
+            self.train_stream.set_epoch(trainer.current_epoch)
 
 
 def _cell_metric(cfg: CellLevelConfig, fold: int):
@@ -88,7 +90,7 @@ def train_fold(
     import torch
 
     from hpasc.config import dump_config
-    from hpasc.data.crops import CropStream, load_sources, stream_loader
+    from hpasc.data.crops import CropStream, load_sources, stream_loader, uniform_loader
     from hpasc.train.cell_module import CellLevelModule
     from hpasc.train.trainer import build_trainer, seed_everything
 
@@ -103,14 +105,20 @@ def train_fold(
         raise ConfigError(
             f"fold {fold} has {train_cells.n_cells} training cells, fewer than one batch (data.batch_size={d.batch_size})"
         )
-    train_stream = CropStream(
-        train_cells, d.batch_size, train=True, seed=cfg.trainer.seed + 1000 * fold,
-        buffer_size=d.shuffle_buffer, num_workers=d.num_workers,
-    )  # fmt: skip
+    seed = cfg.trainer.seed + 1000 * fold
+    pin = torch.cuda.is_available()
+    train_stream = None
+    if d.sampling == "uniform":
+        train_loader = uniform_loader(train_cells, d.batch_size, d.num_workers, seed, pin)
+    else:
+        train_stream = CropStream(
+            train_cells, d.batch_size, train=True, seed=seed,
+            buffer_size=d.shuffle_buffer, num_workers=d.num_workers,
+        )  # fmt: skip
+        train_loader = stream_loader(train_stream, pin)
     valid_stream = CropStream(
         valid_cells, d.valid_batch_size or 2 * d.batch_size, num_workers=d.num_workers
     )
-    pin = torch.cuda.is_available()
     valid_loader = stream_loader(valid_stream, pin) if valid_cells.n_cells else None
 
     module = CellLevelModule(
@@ -131,7 +139,7 @@ def train_fold(
         # Lightning warns that an iterable dataset's length may be wrong with several workers;
         # CropStream plans every worker's share, so its length is exact
         warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
-        trainer.fit(module, stream_loader(train_stream, pin), valid_loader, ckpt_path=ckpt)
+        trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt)
 
     predict_after_fit(trainer, cfg, out, predict_fold_valid)
     return out
