@@ -15,11 +15,6 @@ import contextlib
 import functools
 import io
 import os
-<<<<<<< HEAD
-import zipfile
-=======
-from collections.abc import Callable
->>>>>>> scale
 from typing import Any
 
 import cv2
