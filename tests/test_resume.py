@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 from hpasc.errors import OutputError
+from hpasc.io.cropset import EXT as CROPS
 from hpasc.io.store import MANIFEST_NAME, Store
-from hpasc.prepare import crop_set, read_crops, resize_set
+from hpasc.prepare import crop_set, list_crop_ids, read_crops, resize_set
 from hpasc.runner import KILL_AFTER_ENV, ZIP_COMMIT_ENV
 from hpasc.segment.sets import segment_set
 
@@ -68,7 +69,7 @@ def tree(path: Path) -> dict[str, str]:
 
 def crop_sizes(path: Path) -> set[int]:
     store = Store(path)
-    return {read_crops(store, n[:-4])[0].shape[-1] for n in store.list("*.npz")}
+    return {read_crops(store, i)[0].shape[-1] for i in list_crop_ids(store)}
 
 
 # --------------------------------------------------------------------------- other parameters
@@ -167,8 +168,10 @@ def test_shards_share_one_output_and_a_shard_with_other_parameters_refuses(synth
             synth / "images", synth / "masks", tmp_path / "s", 32, shard=f"{k}/2", progress=False
         )
     crop_set(synth / "images", synth / "masks", tmp_path / "whole", 32, progress=False)
-    records = {k: v for k, v in tree(tmp_path / "s").items() if k.endswith(".npz")}
-    assert records == {k: v for k, v in tree(tmp_path / "whole").items() if k.endswith(".npz")}
+    records = {k: v for k, v in tree(tmp_path / "s").items() if k.endswith(CROPS)}
+    assert records and records == {
+        k: v for k, v in tree(tmp_path / "whole").items() if k.endswith(CROPS)
+    }
     with pytest.raises(OutputError, match="made with --size 32"):
         crop_set(synth / "images", synth / "masks", tmp_path / "s", 48, shard="0/2", progress=False)
 
@@ -179,7 +182,7 @@ def test_shards_share_one_output_and_a_shard_with_other_parameters_refuses(synth
 def test_killed_crop_resumed_with_new_parameters_refuses(synth, tmp_path):
     out = tmp_path / "crops"
     killed("crop", synth / "images", synth / "masks", out, "--size", "64")
-    assert len(list(out.glob("*.npz"))) == 2
+    assert len(list(out.glob(f"*{CROPS}"))) == 2
     r = hpasc("crop", synth / "images", synth / "masks", out, "--size", "32")
     one_error_line(r, "made with --size 64 (this run: --size 32)")
     assert crop_sizes(out) == {64}  # nothing mixed
