@@ -138,7 +138,7 @@ def crop_step(p: dict[str, Any], ctx: TaskContext) -> None:
 @step_kind("segment")
 def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """images, method (classical|hpa-unet|cellpose), preset (hpa-unet: hpacellseg|pfcell-2021|fast),
-    nuclei_out, workers, batch_size, options, out"""
+    eight_bit (ceil257|opencv), nuclei_out, workers, batch_size, options, out"""
     from hpasc.segment.sets import segment_set
 
     p = _take(
@@ -149,6 +149,7 @@ def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
             "out": str(ctx.out),
             "method": "classical",
             "preset": None,
+            "eight_bit": "ceil257",
             "nuclei_out": None,
             "workers": 1,
             "batch_size": 4,
@@ -164,6 +165,7 @@ def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
         batch_size=int(p["batch_size"]),
         overwrite=not ctx.resume,
         options=_segment_options(p, ctx),
+        eight_bit=p["eight_bit"],
     )
 
 

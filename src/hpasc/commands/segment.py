@@ -79,6 +79,12 @@ def segment(
         min=16,
         help="classical, cellpose: longer side to work at (default: input side / 4, at least 512).",
     ),
+    eight_bit: str = typer.Option(
+        "ceil257",
+        "--eight-bit",
+        help="16-bit → 8-bit: ceil257 (HPA's rule) or opencv (read as cv2.imread(path, "
+        "IMREAD_GRAYSCALE): the 7th place).",
+    ),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -137,6 +143,7 @@ def segment(
         overwrite=overwrite,
         on_error=on_error,
         options=options,
+        eight_bit=eight_bit,
     )
     # The data verbs report alike: counts, and exit 1 when fields failed (--on-error skip).
     from hpasc.commands import report_summary

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hpasc.errors import InputError
-from hpasc.io.images import encode_png, list_field_ids, read_field
+from hpasc.io.images import EIGHT_BIT_RULES, encode_png, list_field_ids, read_field
 from hpasc.io.store import Store, open_output
 from hpasc.runner import RunSummary, guard_output, parse_shard, run_fields, shard_ids
 from hpasc.segment import (
@@ -59,10 +59,11 @@ def _segmenter_in_process(method: str, options: tuple, pid: int) -> Segmenter:
 
 
 def _segment_one(
-    images: Store, method: str, options: tuple, with_nuclei: bool, field_id: str
+    images: Store, method: str, options: tuple, with_nuclei: bool, eight_bit: str, field_id: str
 ) -> tuple[bytes, bytes | None]:
     segmenter = _segmenter_in_process(method, options, os.getpid())
-    return _encode(segmenter.segment(read_field(images, field_id)), with_nuclei)
+    image = read_field(images, field_id, eight_bit=eight_bit)
+    return _encode(segmenter.segment(image), with_nuclei)
 
 
 class _BatchedFields:
@@ -80,8 +81,10 @@ class _BatchedFields:
         pending: list[str],
         batch_size: int,
         with_nuclei: bool,
+        eight_bit: str,
     ) -> None:
         self.images = images
+        self.eight_bit = eight_bit
         self.segmenter = segmenter
         self.position = {field_id: i for i, field_id in enumerate(pending)}
         self.pending = pending
@@ -102,7 +105,7 @@ class _BatchedFields:
         read: dict[str, np.ndarray] = {}
         for field_id in batch:
             try:
-                read[field_id] = read_field(self.images, field_id)
+                read[field_id] = read_field(self.images, field_id, eight_bit=self.eight_bit)
             except Exception as exc:
                 self.done[field_id] = exc
         if not read:
@@ -145,6 +148,7 @@ def segment_set(
     on_error: str = "stop",
     progress: bool = True,
     options: dict[str, Any] | None = None,
+    eight_bit: str = "ceil257",
 ) -> RunSummary:
     """Write the cell mask ``OUT/<id>.png`` (uint16 PNG, any number of cells up to 65,535) of
     every field in ``images``, and the nucleus masks to ``nuclei_out`` when given.
@@ -160,11 +164,17 @@ def segment_set(
     overwrite : redo fields whose masks exist (default: skip them, i.e. resume)
     on_error : ``"stop"`` or ``"skip"`` (failures logged to ``OUT/errors.csv``)
     options : keyword arguments of the segmenter (e.g. ``working_size``, ``nuclei_model``)
+    eight_bit : how 16-bit channels become 8 bits (:func:`hpasc.io.images.read_field`):
+        ``"ceil257"`` or ``"opencv"`` (``cv2.imread(path, IMREAD_GRAYSCALE)``, the 7th place)
     """
     if method not in SEGMENTERS:
         raise InputError(f"unknown --method '{method}': choose one of {', '.join(SEGMENTERS)}")
     if on_error not in ("stop", "skip"):
         raise InputError(f"--on-error must be stop or skip, got '{on_error}'")
+    if eight_bit not in EIGHT_BIT_RULES:
+        raise InputError(
+            f"--eight-bit must be one of {', '.join(EIGHT_BIT_RULES)}, got '{eight_bit}'"
+        )
     if workers < 1 or batch_size < 1:
         raise InputError(f"--workers and --batch-size must be >= 1, got {workers}, {batch_size}")
     if isinstance(shard, str):
@@ -177,7 +187,7 @@ def segment_set(
     with_nuclei = nuclei_out is not None
 
     with _open_output(out) as dest, _open_output(nuclei_out) as nuclei_dest:
-        skip = _guard(dest, nuclei_dest, source, method, options, ids, shard, overwrite)
+        skip = _guard(dest, nuclei_dest, source, method, options, eight_bit, ids, shard, overwrite)
 
         def write(field_id: str, encoded: tuple[bytes, bytes | None]) -> None:
             cells_png, nuclei_png = encoded
@@ -197,7 +207,7 @@ def segment_set(
         )
         if not segmenter_class(method).batched:
             fn = functools.partial(
-                _segment_one, source, method, tuple(sorted(options.items())), with_nuclei
+                _segment_one, source, method, tuple(sorted(options.items())), with_nuclei, eight_bit
             )
             return run_fields(ids, fn, workers=workers, **common)
         pending = sorted(set(ids))
@@ -210,7 +220,7 @@ def segment_set(
         # one batch while the networks run on the next.
         fields_per_call = batch_size * (LOOKAHEAD_BATCHES if workers > 1 else 1)
         try:
-            fn = _BatchedFields(source, segmenter, pending, fields_per_call, with_nuclei)
+            fn = _BatchedFields(source, segmenter, pending, fields_per_call, with_nuclei, eight_bit)
             return run_fields(ids, fn, workers=1, **common)
         finally:
             segmenter.close()
@@ -222,6 +232,7 @@ def _guard(
     source: Store,
     method: str,
     options: dict[str, Any],
+    eight_bit: str,
     ids: list[str],
     shard: tuple[int, int] | None,
     overwrite: bool,
@@ -230,7 +241,11 @@ def _guard(
     outputs made with this method and options from these images (:func:`guard_output`)."""
     mine = ids if shard is None else shard_ids(ids, *shard)
     # where the network runs does not change the masks: a run may resume on another device
-    params = {"method": method, "options": {k: v for k, v in options.items() if k != "device"}}
+    params = {
+        "method": method,
+        "options": {k: v for k, v in options.items() if k != "device"},
+        "eight_bit": eight_bit,
+    }
     inputs = {"images": source}
     done = [
         guard_output(
