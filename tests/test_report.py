@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 
@@ -81,9 +82,33 @@ def test_report_sections(out_dir, tmp_path):
     assert page.count("data:image/png;base64,") == 2  # one overlay per field, inlined
     assert "mAP 0.4200" in page and "baseline image labels: 0.2000" in page
     assert "Image-level vs cell-level agreement" in page
-    assert "Training curves" in page and "valid/map" in page and "<polyline" in page
+    assert "Training curves" in page and "valid/map" in page and "train/loss" in page
+    assert page.count("<svg") == 3  # AP bars and one chart per logged metric, inline
     assert "Plasma membrane" in page  # legend
-    assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained
+    # self-contained: nothing fetched (the SVG namespaces are names, not downloads)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+
+
+def test_report_escapes_user_strings(out_dir, tmp_path):
+    """Field ids, run names and titles are data, never markup: each appears escaped."""
+    evil = "<script>alert(1)"  # no "/": it also names a file and a folder
+    cells = pd.read_parquet(out_dir / "cells.parquet")
+    cells["image_id"] = cells["image_id"].replace("field-0", f"f{evil}")
+    cells.to_parquet(out_dir / "cells.parquet")
+    (out_dir / "overlays").mkdir()
+    (out_dir / "overlays" / f"f{evil}.png").write_bytes(
+        cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    )
+    (out_dir / "runs" / "cam" / "fold-0").rename(out_dir / "runs" / "cam" / evil)
+    metric = json.loads((out_dir / "metric.json").read_text())
+    metric["baseline"]["name"] = evil
+    (out_dir / "metric.json").write_text(json.dumps(metric))
+    page = build_report(out_dir, tmp_path / "r.html", title=evil).read_text()
+    assert "<script" not in page
+    escaped = "&lt;script&gt;alert(1)"
+    # title, heading, figure alt and caption, baseline in the headline and the bars' legend, and
+    # the fold's line in both training charts
+    assert page.count(escaped) == 8
 
 
 def test_report_cli_and_errors(out_dir, tmp_path, cli):
