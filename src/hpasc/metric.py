@@ -35,6 +35,7 @@ import pandas as pd
 
 from hpasc.classes import CLASS_NAMES, NUM_CLASSES
 from hpasc.errors import InputError
+from hpasc.progress import track
 from hpasc.rle import MaskStringError, RunLists, decode_mask_strings
 from hpasc.submission import CsvRow, iter_csv_rows, parse_size
 
@@ -342,11 +343,7 @@ def evaluate(
     # Per field (in order of first appearance) and class: ranked scores and IoU rows.
     pending: dict[str, dict[int, list]] = {}
     rows = iter_csv_rows(submission)
-    if progress:
-        from tqdm import tqdm
-
-        # disable=None: only on a terminal
-        rows = tqdm(rows, desc="evaluate", unit="row", leave=False, disable=None)
+    rows = track(rows, "evaluate", enabled=progress)
     first_id, matched = None, 0
     for row in rows:
         first_id = row.ID if first_id is None else first_id

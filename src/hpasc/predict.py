@@ -30,6 +30,7 @@ from hpasc.data.augment import D4_SIZE, d4_inverse, d4_transform
 from hpasc.errors import InputError, OutputError
 from hpasc.models.cam import CAMClassifier, upsample_cam
 from hpasc.models.pooling import cell_mean_pool
+from hpasc.progress import track
 from hpasc.train import runs
 
 TTA_MODES = ("d4", "none")
@@ -208,7 +209,6 @@ def predict_dataset(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cell table and image-level table of every field of a ``FieldDataset`` in predict mode."""
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
     from hpasc.cells import make_table
     from hpasc.data.fields import collate_fields
@@ -217,7 +217,7 @@ def predict_dataset(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     image_ids, image_probs = [], []
     cell_image_ids, cell_ids, cell_probs = [], [], []
-    for items in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+    for items in track(loader, "predict", enabled=progress):
         # fields of different sizes cannot share a batch: group by shape
         groups: dict[tuple[int, ...], list] = {}
         for it in items:

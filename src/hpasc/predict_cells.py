@@ -32,6 +32,7 @@ from hpasc.predict import (
     make_image_table,
     resolve_device,
 )
+from hpasc.progress import track
 from hpasc.train import runs
 
 TTA_MODES = ("d4", "none")
@@ -97,19 +98,14 @@ def predict_cell_set(
     precision: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cell table and image-level table of every cell and field of a :class:`CellSet`."""
-    from tqdm import tqdm
-
     from hpasc.cells import make_table
     from hpasc.data.crops import CropStream, stream_loader
 
     device = torch.device(device)
     stream = CropStream(cell_set, batch_size, train=False, num_workers=num_workers)
     rows, probs = [], []
-    for crops, _, row in tqdm(
-        stream_loader(stream, device.type == "cuda"),
-        desc="predict",
-        unit="batch",
-        disable=not progress,
+    for crops, _, row in track(
+        stream_loader(stream, device.type == "cuda"), "predict", enabled=progress
     ):
         keep = row >= 0  # padding
         p = predict_crops(models, crops[keep].to(device, non_blocking=True), tta, precision)

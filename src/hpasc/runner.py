@@ -40,8 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 from hpasc.errors import HpascError, InputError
 from hpasc.io.store import MANIFEST_NAME
+from hpasc.progress import bar as progress_bar
 
 OnError = Literal["stop", "skip"]
 _ERRORS_NAME = "errors.csv"
@@ -176,24 +179,11 @@ class _Progress:
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
+        self._bar = progress_bar(
             MofNCompleteColumn(),
             TextColumn("{task.fields[counts]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
             transient=False,
         )
         self._task = self._bar.add_task(desc or "fields", total=total, counts=self._text())

@@ -20,7 +20,6 @@ import csv
 import io
 import math
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import pandas as pd
 from hpasc.cells import PROB_COLUMNS, average_tables, read_table, validate_table
 from hpasc.classes import NUM_CLASSES
 from hpasc.errors import InputError, OutputError
+from hpasc.progress import track
 from hpasc.rle import encode_runs, label_runs, mask_string_runs, run_facts
 
 SUBMISSION_COLUMNS = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
@@ -273,13 +273,9 @@ def _load_predictions(
 
 
 def _store_fields(store, ids: Sequence[str], progress: bool) -> Iterator[tuple[str, np.ndarray]]:
-    from tqdm import tqdm
-
     from hpasc.io.images import read_mask
 
-    for image_id in tqdm(
-        ids, desc="submission", unit="field", disable=not progress, file=sys.stderr
-    ):
+    for image_id in track(ids, "submission", enabled=progress):
         yield image_id, read_mask(store, image_id)
 
 

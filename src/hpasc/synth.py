@@ -27,6 +27,7 @@ from hpasc.classes import NEGATIVE, NUM_CLASSES
 from hpasc.errors import OutputError
 from hpasc.io import images
 from hpasc.io.store import Store
+from hpasc.progress import track
 
 NUCLEOPLASM = 0
 NUCLEAR_MEMBRANE = 1
@@ -607,7 +608,7 @@ def synthesize(
     n_cells = 0
     try:
         image_store, mask_store = Store(tmp / "images"), Store(tmp / "masks")
-        for index in _progress(range(n_images), progress, f"synth {n_images} fields"):
+        for index in track(range(n_images), f"synth {n_images} fields", enabled=progress):
             fid = field_id(seed, index)
             f = make_field(field_rng(seed, index), size)
             image = f.image if bit_depth == 8 else f.image.astype(np.uint16) * 257
@@ -639,11 +640,3 @@ def synthesize(
         seconds=time.perf_counter() - start,
         cell_class_counts={k: int(v) for k, v in enumerate(class_counts) if v},
     )
-
-
-def _progress(items: range, enabled: bool, description: str):
-    if not enabled:
-        return items
-    from rich.progress import track
-
-    return track(items, description=description, transient=True)

@@ -6,6 +6,9 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
+from rich.progress import DownloadColumn, TransferSpeedColumn
+
+from hpasc import progress
 
 
 class Method(StrEnum):
@@ -162,19 +165,11 @@ def download(
     overwrite: bool = typer.Option(False, "--overwrite", help="Fetch again even if present."),
 ) -> None:
     """Download the published HPA nucleus and cell weights (Zenodo record 4665863)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
     from hpasc.segment.hpa_weights import default_weights_dir, download_weights
 
     directory = directory or default_weights_dir()
     roles = ("nuclei", "cell", "cell-2ch") if two_channel else ("nuclei", "cell")
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-    )
-    with Progress(*columns, transient=True) as bar:
+    with progress.bar(DownloadColumn(), TransferSpeedColumn()) as bar:
         tasks: dict[str, int] = {}
 
         def show(name: str, done: int, total: int | None) -> None:

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from hpasc.classes import NUM_CLASSES
 from hpasc.errors import ConfigError, InputError
+from hpasc.progress import track
 
 PARTS = ("train", "valid", "all")
 SAMPLINGS = ("stream", "uniform")
@@ -156,8 +157,6 @@ def cell_lists(store, image_ids: Sequence[str], progress: bool = True) -> list[n
     Read from the crop set's cell table (``cells.parquet``, written by ``hpasc crop``) when it
     has one, else from the records. A field without a record is an error naming it.
     """
-    from rich.progress import track
-
     from hpasc.io import cropset
     from hpasc.prepare import CELL_TABLE
 
@@ -179,7 +178,7 @@ def cell_lists(store, image_ids: Sequence[str], progress: bool = True) -> list[n
     quiet = not progress or len(image_ids) < 200
     return [
         _record_cell_ids(store, i)
-        for i in track(image_ids, f"listing cells of {store}", disable=quiet, transient=True)
+        for i in track(image_ids, f"listing cells of {store}", enabled=not quiet)
     ]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hpasc.errors import ConfigError
+from hpasc.progress import CONSOLE_KWARGS
 from hpasc.train.runs import checkpoint_dir
 
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
@@ -230,7 +231,7 @@ def build_trainer(
     >>> trainer.fit(module, train_loader, valid_loader, ckpt_path=None)
     """
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
     from hpasc.train.callbacks import EpochSeed, ForgetUnfinishedSteps
 
@@ -258,6 +259,8 @@ def build_trainer(
     extra = [LearningRateMonitor(logging_interval="epoch")] if loggers else []
     if "csv" in cfg.loggers:
         extra.append(ForgetUnfinishedSteps(run_dir / "metrics.csv"))
+    if cfg.progress_bar:  # rich, as every other bar of hpasc (not Lightning's default tqdm)
+        extra.append(RichProgressBar(console_kwargs=dict(CONSOLE_KWARGS)))
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=_devices_arg(cfg.devices),

@@ -1,0 +1,65 @@
+"""Every progress bar of hpasc: one library (rich), on stderr, so stdout stays for results.
+
+On a terminal the bar is live; elsewhere (logs, pipes, tests) rich draws nothing while it runs and a
+transient bar leaves nothing behind. Each bar has its own console, so a bar inside another (a
+field's batches inside a runner's fields) does not fail on rich's one-live-display-per-console rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+# Where every bar draws (Lightning's training bar too: hpasc.train.trainer passes it on).
+CONSOLE_KWARGS = {"stderr": True}
+
+
+def bar(*columns: ProgressColumn, transient: bool = True) -> Progress:
+    """A rich ``Progress`` on stderr: the task's description, a bar, then ``columns``.
+
+    Parameters
+    ----------
+    *columns : rich.progress.ProgressColumn
+        What follows the bar; by default done/total, time elapsed and time remaining.
+    transient : bool
+        Clear the bar when it stops (else its last state stays on the terminal).
+    """
+    shown = columns or (MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        *shown,
+        console=Console(**CONSOLE_KWARGS),
+        transient=transient,
+    )
+
+
+def track(
+    items: Iterable[T],
+    description: str,
+    *,
+    enabled: bool = True,
+    total: int | None = None,
+    transient: bool = True,
+) -> Iterator[T]:
+    """Yield ``items`` while a :func:`bar` counts them (``total``: default ``len(items)`` if any).
+
+    With ``enabled=False`` the items pass through and nothing is drawn.
+    """
+    if not enabled:
+        yield from items
+        return
+    with bar(transient=transient) as progress:
+        yield from progress.track(items, total=total, description=description)
