@@ -2,7 +2,8 @@
 
 On a terminal the bar is live; elsewhere (logs, pipes, tests) rich draws nothing while it runs and a
 transient bar leaves nothing behind. Each bar has its own console, so a bar inside another (a
-field's batches inside a runner's fields) does not fail on rich's one-live-display-per-console rule.
+field's batches inside a runner's fields) works with every rich we allow (before 14, rich raised
+LiveError for a second live display on one console).
 """
 
 from __future__ import annotations

@@ -259,7 +259,7 @@ def build_trainer(
     extra = [LearningRateMonitor(logging_interval="epoch")] if loggers else []
     if "csv" in cfg.loggers:
         extra.append(ForgetUnfinishedSteps(run_dir / "metrics.csv"))
-    if cfg.progress_bar:  # rich, as every other bar of hpasc (not Lightning's default tqdm)
+    if cfg.progress_bar:  # rich, as every other bar of hpasc (not Lightning's default)
         extra.append(RichProgressBar(console_kwargs=dict(CONSOLE_KWARGS)))
     return L.Trainer(
         accelerator=cfg.accelerator,
