@@ -8,6 +8,7 @@ that adding a concern never edits this file. Heavy imports (torch, ...) happen i
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pkgutil
 import sys
@@ -73,6 +74,15 @@ def _root(
 ) -> None:
     """Segment every cell in HPA images and predict its protein location (19 classes)."""
     _DEBUG["on"] = debug or os.environ.get("HPASC_DEBUG") == "1"
+    if not _DEBUG["on"]:
+        # Lightning's INFO lines (device summary, limit_*_batches notes, advertising tips) bury
+        # hpasc's own progress on the terminal; warnings and errors still show.
+        # Lightning resets its package logger's level on import, but not its children's.
+        for name in (
+            "lightning.pytorch.utilities.rank_zero",
+            "lightning.fabric.utilities.rank_zero",
+        ):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _register_commands() -> None:
