@@ -20,47 +20,9 @@ import numpy as np
 import pandas as pd
 
 from hpasc.errors import InputError
+from hpasc.io.runs import CELL_LEVEL, RunFolder, open_run
 
 log = logging.getLogger(__name__)
-
-
-def _first_field_side(store_url: str) -> int | None:
-    from hpasc.io import images as imio
-    from hpasc.io.store import Store
-
-    try:
-        store = Store(store_url)
-        ids = imio.list_field_ids(store)
-        return int(imio.read_channel(store, ids[0], "blue").shape[0]) if ids else None
-    except Exception:  # the training data may have moved: the caller falls back to an option
-        return None
-
-
-def run_input_size(fold_dir: Path, cell_level: bool) -> int | None:
-    """Side of the fields (image-level) or crops (cell-level) a fold was trained on, if still readable."""
-    if cell_level:
-        from hpasc.prepare import list_crop_ids, read_crops
-        from hpasc.train.cam_config import resolve_path
-        from hpasc.train.cell_config import load_cell_level_config
-
-        cfg = load_cell_level_config(fold_dir / "config.yaml")
-        try:
-            crops = resolve_path(cfg.data.root, cfg.data.sources[0].crops)
-            for fid in list_crop_ids(crops):
-                arr, _ = read_crops(crops, fid)
-                if len(arr):
-                    return int(arr.shape[-1])
-        except Exception:
-            return None
-        return None
-    from hpasc.train.cam_config import load_image_level_config, resolve_path
-
-    cfg = load_image_level_config(fold_dir / "config.yaml")
-    return (
-        _first_field_side(resolve_path(cfg.data.root, cfg.data.sources[0].images))
-        if cfg.data.sources
-        else None
-    )
 
 
 def predict_fields_end_to_end(
@@ -86,8 +48,6 @@ def predict_fields_end_to_end(
     from hpasc.predict_cells import predict_cell_fields
     from hpasc.prepare import crop_set, resize_set
     from hpasc.segment.sets import segment_set
-    from hpasc.train.cell_level import is_cell_level_run
-    from hpasc.train.runs import find_fold_dirs
     from hpasc.viz import field_overlay, png_bytes, top_class
 
     out = Path(out)
@@ -96,12 +56,10 @@ def predict_fields_end_to_end(
     ids = imio.list_field_ids(Store(images))
     if not ids:
         raise InputError(f"no fields in {images} (expected <id>_red/_green/_blue/_yellow images)")
-    groups: dict[bool, list[Path]] = {True: [], False: []}
-    for r in runs:
-        folds = find_fold_dirs([r])
-        if not folds:
-            raise InputError(f"{r}: no trained fold folders (fold-<k>/config.yaml) found")
-        groups[is_cell_level_run(folds[0])].append(Path(r))
+    groups: dict[bool, list[RunFolder]] = {True: [], False: []}
+    for r in runs:  # open every run first: a wrong folder fails before the segmentation
+        run = open_run(r)
+        groups[run.kind == CELL_LEVEL].append(run)
     masks = out / "masks"
     segment_set(
         images,
@@ -117,14 +75,12 @@ def predict_fields_end_to_end(
     redone: set[Path] = set()  # work folders (and crop sets) already redone by this call
     for cell_level, members in ((False, groups[False]), (True, groups[True])):
         for run in members:
-            folds = find_fold_dirs([run])
-            if cell_level:
-                side = _image_side_for_cells(groups, size)
-            else:
-                side = size or run_input_size(folds[0], cell_level=False)
+            folds = [f.path for f in run.folds]
+            # cell-level runs cut crops from fields resized like the image-level runs'
+            side = _image_side_for_cells(groups, size) if cell_level else size or run.input_size
             if side is None:
                 raise InputError(
-                    f"{run}: cannot tell the field size it was trained at (its data moved); pass --size"
+                    f"{run.path}: cannot tell the field size it was trained at (its data moved); pass --size"
                 )
             work = out / "work" / str(side)
             # --overwrite redoes the masks, so what is made from them is redone too (once)
@@ -133,10 +89,10 @@ def predict_fields_end_to_end(
             resize_set(images, work / "images", side, overwrite=redo, **common)
             resize_set(masks, work / "masks", side, masks=True, overwrite=redo, **common)
             if cell_level:
-                cs = crop_size or run_input_size(folds[0], cell_level=True)
+                cs = crop_size or run.input_size
                 if cs is None:
                     raise InputError(
-                        f"{run}: cannot tell its crop size (its crops moved); pass --crop-size"
+                        f"{run.path}: cannot tell its crop size (its crops moved); pass --crop-size"
                     )
                 crops = work / f"crops-{cs}"
                 redo = overwrite and crops not in redone
@@ -150,7 +106,7 @@ def predict_fields_end_to_end(
             redone.add(work)
             tables.append(cells)
             image_tables.append(image_table)
-            log.info("%s: %d cells in %d fields", run, len(cells), len(image_table))
+            log.info("%s: %d cells in %d fields", run.path, len(cells), len(image_table))
     if not tables:
         raise InputError("give at least one run with --runs")
     cells = average_tables(tables, allow_missing=True)
@@ -202,14 +158,8 @@ def predict_fields_end_to_end(
     return named
 
 
-def _image_side_for_cells(groups: dict[bool, list[Path]], size: int | None) -> int | None:
+def _image_side_for_cells(groups: dict[bool, list[RunFolder]], size: int | None) -> int | None:
     """Cell-level runs cut crops from fields resized like the image-level runs': use their size."""
-    from hpasc.train.runs import find_fold_dirs
-
     if size:
         return size
-    for run in groups[False]:
-        side = run_input_size(find_fold_dirs([run])[0], cell_level=False)
-        if side:
-            return side
-    return None
+    return next((run.input_size for run in groups[False] if run.input_size), None)

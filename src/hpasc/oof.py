@@ -12,24 +12,29 @@ from pathlib import Path
 
 import pandas as pd
 
+from hpasc.cells import read_table
+from hpasc.data.crops import source_fields
+from hpasc.data.fields import load_field_table
 from hpasc.errors import InputError
-from hpasc.train import runs
+from hpasc.io import runs
+from hpasc.predict import read_image_table
+from hpasc.train.cam_config import load_image_level_config
+from hpasc.train.cell_config import load_cell_level_config
 
 _EXAMPLES = 5
 
 
-def _expected_fields(fold_path: Path) -> tuple[list[str], list[str]]:
+def _expected_fields(fold: runs.Fold) -> tuple[list[str], list[str]]:
     """(all training fields of the fold's config, this fold's validation fields)."""
-    from hpasc.data.fields import load_field_table
-    from hpasc.train.cam_config import load_image_level_config
-    from hpasc.train.cell_level import expected_fields, is_cell_level_run
-
-    if is_cell_level_run(fold_path):  # cell-level runs: the fields of their crop sets' labels
-        return expected_fields(fold_path)
-
-    cfg = load_image_level_config(fold_path / runs.CONFIG_NAME)
+    if fold.kind == runs.CELL_LEVEL:  # cell-level runs: the fields of their crop sets' labels
+        cfg = load_cell_level_config(fold.config_path)
+        parts = source_fields(cfg.data)
+        every = [f for p in parts for f in p.ids]
+        select = (zip(p.ids, p.select(fold.index, "valid"), strict=True) for p in parts)
+        return every, [f for pairs in select for f, k in pairs if k]
+    cfg = load_image_level_config(fold.config_path)
     table = load_field_table(cfg.data, check_images=False)
-    _, valid = table.split(runs.fold_of(fold_path))
+    _, valid = table.split(fold.index)
     return table.ids, [table.ids[r] for r in valid]
 
 
@@ -41,16 +46,13 @@ def join_oof(paths: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     its validation fields), when a field is predicted twice (two runs of the same folds), or
     when a training field is predicted by no fold.
     """
-    from hpasc.cells import read_table
-    from hpasc.predict import read_image_table
-
-    fold_paths = runs.find_fold_dirs(list(paths))
     all_fields: list[str] = []
     cells, images = [], []
-    for fp in fold_paths:
-        fields, valid = _expected_fields(fp)
+    for fold in runs.find_folds(list(paths)):
+        fp = fold.path
+        fields, valid = _expected_fields(fold)
         all_fields = all_fields or fields
-        cell_path, image_path = fp / runs.VALID_CELLS, fp / runs.VALID_IMAGES
+        cell_path, image_path = fold.valid_cells, fold.valid_images
         if not cell_path.is_file() or not image_path.is_file():
             raise InputError(
                 f"{fp} has no validation predictions ({runs.VALID_CELLS}); run `hpasc predict image-level {fp} --split valid`"

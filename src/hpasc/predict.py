@@ -28,10 +28,10 @@ import torch
 from hpasc.classes import NUM_CLASSES
 from hpasc.data.augment import D4_SIZE, d4_inverse, d4_transform
 from hpasc.errors import InputError, OutputError
+from hpasc.io import runs
 from hpasc.models.cam import CAMClassifier, upsample_cam
 from hpasc.models.pooling import cell_mean_pool
 from hpasc.progress import track
-from hpasc.train import runs
 
 TTA_MODES = ("d4", "none")
 
@@ -116,11 +116,11 @@ def load_fold_model(
     """
     from hpasc.models.weights import load_weights
 
-    fold_path = Path(fold_path)
-    cfg = load_config(fold_path / runs.CONFIG_NAME)
+    fold = runs.open_fold(fold_path)
+    cfg = load_config(fold.config_path)
     # weights come from the checkpoint: no ImageNet download, no init_from file needed
     model = model_cls(dataclasses.replace(cfg.model, pretrained=False, init_from=None))
-    load_weights(model, runs.resolve_checkpoint(fold_path, checkpoint or cfg.predict.checkpoint))
+    load_weights(model, fold.checkpoint(checkpoint or cfg.predict.checkpoint))
     return model.to(device).eval(), cfg
 
 

@@ -25,6 +25,7 @@ import torch
 from hpasc.classes import NUM_CLASSES
 from hpasc.data.augment import D4_SIZE, d4_transform
 from hpasc.errors import InputError
+from hpasc.io import runs
 from hpasc.predict import (
     PredictOptions,
     inference_autocast,
@@ -33,7 +34,6 @@ from hpasc.predict import (
     resolve_device,
 )
 from hpasc.progress import track
-from hpasc.train import runs
 
 TTA_MODES = ("d4", "none")
 

@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator
 from hpasc.classes import CLASS_NAMES, NUM_CLASSES
 from hpasc.errors import InputError
 from hpasc.io import images as imio
+from hpasc.io.runs import METRICS_NAME
 from hpasc.io.store import Store
 from hpasc.viz import class_colours, field_overlay, png_bytes, top_class
 
@@ -127,8 +128,8 @@ def line_chart(
 
 
 def training_curves(roots: list[Path]) -> list[Markup]:
-    """Charts of every logged metric per epoch, one line per run/fold (Lightning CSV logs)."""
-    files = sorted({f for r in roots if r.exists() for f in r.rglob("metrics.csv")})
+    """Charts of every logged metric per epoch, one line per run/fold (their ``metrics.csv``)."""
+    files = sorted({f for r in roots if r.exists() for f in r.rglob(METRICS_NAME)})
     per_metric: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for f in files:
         df = pd.read_csv(f)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hpasc.errors import ConfigError
+from hpasc.io.runs import find_fold_dirs
 from hpasc.recipe import TaskContext, step_kind
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,6 @@ def _average_image_tables(paths: list[Path], weights, out: Path) -> None:
 def predict_image_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """runs, images, masks, tta, upsample, precision, batch_size (None: the runs' predict.*) -> ${out}/cells.parquet + images.parquet (mean of the folds)"""
     from hpasc.predict import PredictOptions, predict_fields, write_predictions
-    from hpasc.train.runs import find_fold_dirs
 
     p = _take(
         p,
@@ -349,7 +349,6 @@ def predict_cell_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """runs, crops, tta, precision, batch_size (None: the runs' predict.*) -> ${out}/cells.parquet (+ images.parquet; mean of the folds)"""
     from hpasc.predict import PredictOptions, write_predictions
     from hpasc.predict_cells import predict_cell_fields
-    from hpasc.train.runs import find_fold_dirs
 
     p = _take(p, ctx, ("runs", "crops"), {"tta": None, "precision": None, "batch_size": None})
     options = PredictOptions(tta=p["tta"], precision=p["precision"], batch_size=p["batch_size"])

@@ -89,8 +89,8 @@ def predict_folds(
     import pandas as pd
 
     from hpasc.errors import ConfigError
+    from hpasc.io import runs
     from hpasc.predict import write_predictions
-    from hpasc.train import runs
 
     folds = runs.find_fold_dirs(run)
     if split == "test":
@@ -106,7 +106,7 @@ def predict_folds(
     for fp in folds:
         cells, images = predict_valid(fp)
         if output is None:
-            paths = write_predictions(cells, images, fp / runs.VALID_CELLS, fp / runs.VALID_IMAGES)
+            paths = write_predictions(cells, images, *runs.valid_tables(fp))
             typer.echo(f"{fp}: {len(images)} validation fields, {len(cells)} cells -> {paths[0]}")
         parts.append((cells, images))
     if output is not None:

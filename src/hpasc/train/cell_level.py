@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 
 from hpasc.errors import ConfigError
-from hpasc.train import runs
+from hpasc.io import runs
 from hpasc.train.cell_config import CellLevelConfig
 from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
 
@@ -130,7 +130,7 @@ def train_fold(
         seed=cfg.trainer.seed + fold,
     )  # fmt: skip
     if trainer.is_global_zero:
-        dump_config(cfg, out / runs.CONFIG_NAME)
+        dump_config(cfg, runs.config_path(out))
     log.info(
         "fold %d: %d training cells (%d fields), %d validation cells -> %s",
         fold, train_cells.n_cells, train_cells.n_fields, valid_cells.n_cells, out,
@@ -152,26 +152,3 @@ def predict_fold_valid(
     from hpasc.predict_cells import predict_cell_valid
 
     return write_fold_valid(predict_cell_valid, fold_path, device, progress)
-
-
-def expected_fields(fold_path: str | Path) -> tuple[list[str], list[str]]:
-    """(all training fields of a cell-level fold's config, this fold's validation fields)."""
-    from hpasc.data.crops import source_fields
-    from hpasc.train.cell_config import load_cell_level_config
-
-    fold_path = Path(fold_path)
-    cfg = load_cell_level_config(fold_path / runs.CONFIG_NAME)
-    fold = runs.fold_of(fold_path)
-    parts = source_fields(cfg.data)
-    every = [f for p in parts for f in p.ids]
-    valid = [f for p in parts for f, k in zip(p.ids, p.select(fold, "valid"), strict=True) if k]
-    return every, valid
-
-
-def is_cell_level_run(fold_path: str | Path) -> bool:
-    """Whether a fold folder holds a cell-level model (its config's sources name crop sets)."""
-    import yaml
-
-    data = yaml.safe_load((Path(fold_path) / runs.CONFIG_NAME).read_text()) or {}
-    sources = (data.get("data") or {}).get("sources") or []
-    return bool(sources) and all(isinstance(s, dict) and "crops" in s for s in sources)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hpasc.errors import ConfigError, OutputError
-from hpasc.train import runs
+from hpasc.io import runs
 
 
 def folds_to_train(cfg: Any, fold: str) -> list[int]:
@@ -64,7 +64,7 @@ def _check_resumed_config(out: Path, cfg: Any) -> None:
     """A resumed fold continues only with the config it was trained with (``config.yaml``)."""
     from hpasc.config import read_yaml, to_dict
 
-    saved_file = out / runs.CONFIG_NAME
+    saved_file = runs.config_path(out)
     if not saved_file.is_file():
         return
     saved, now = _flat(read_yaml(saved_file, "run config")), _flat(to_dict(cfg))
@@ -138,6 +138,4 @@ def write_fold_valid(
 
     fold_path = Path(fold_path)
     cells, images = predict_valid(fold_path, PredictOptions(device=device, progress=progress))
-    return write_predictions(
-        cells, images, fold_path / runs.VALID_CELLS, fold_path / runs.VALID_IMAGES
-    )
+    return write_predictions(cells, images, *runs.valid_tables(fold_path))

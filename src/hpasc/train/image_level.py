@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hpasc.data.augment import GreenSynthesis
-from hpasc.train import runs
+from hpasc.io import runs
 from hpasc.train.cam_config import ImageLevelConfig, resolve_path
 from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
 
@@ -137,7 +137,7 @@ def train_fold(
         seed=cfg.trainer.seed + fold,
     )
     if trainer.is_global_zero:
-        dump_config(cfg, out / runs.CONFIG_NAME)
+        dump_config(cfg, runs.config_path(out))
     log.info(
         "fold %d: %d training and %d validation fields -> %s",
         fold,

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from hpasc.errors import ConfigError
+from hpasc.io.runs import checkpoint_dir, metrics_path
 from hpasc.progress import CONSOLE_KWARGS
-from hpasc.train.runs import checkpoint_dir
 
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
 
@@ -258,7 +258,7 @@ def build_trainer(
     loggers = build_loggers(cfg, run_dir, name)
     extra = [LearningRateMonitor(logging_interval="epoch")] if loggers else []
     if "csv" in cfg.loggers:
-        extra.append(ForgetUnfinishedSteps(run_dir / "metrics.csv"))
+        extra.append(ForgetUnfinishedSteps(metrics_path(run_dir)))
     if cfg.progress_bar:  # rich, as every other bar of hpasc (not Lightning's default)
         extra.append(RichProgressBar(console_kwargs=dict(CONSOLE_KWARGS)))
     return L.Trainer(
