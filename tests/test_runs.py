@@ -157,3 +157,13 @@ def test_cli_names_a_folder_that_is_not_a_run(tmp_path, cli):
     r = cli("oof", tmp_path / "empty", "-o", tmp_path / "oof.parquet")
     assert r.returncode == 2
     assert f"error: {tmp_path / 'empty'} is not a run folder" in r.stderr
+
+
+def test_oof_asks_for_the_verb_of_the_run_kind(image_run, cell_run):
+    from hpasc.oof import join_oof
+
+    # the fold's expected fields are read from its config first, then its missing tables named
+    with pytest.raises(InputError, match=r"valid_cells.parquet\); run `hpasc predict cell-level"):
+        join_oof([cell_run])
+    with pytest.raises(InputError, match=r"run `hpasc predict image-level .*fold-0 --split valid`"):
+        join_oof([image_run])

@@ -53,14 +53,13 @@ def join_oof(paths: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         fields, valid = _expected_fields(fold)
         all_fields = all_fields or fields
         cell_path, image_path = fold.valid_cells, fold.valid_images
+        redo = f"`hpasc predict {fold.kind} {fp} --split valid`"  # the verb of the run's kind
         if not cell_path.is_file() or not image_path.is_file():
-            raise InputError(
-                f"{fp} has no validation predictions ({runs.VALID_CELLS}); run `hpasc predict image-level {fp} --split valid`"
-            )
+            raise InputError(f"{fp} has no validation predictions ({cell_path.name}); run {redo}")
         img = read_image_table(image_path)
         if set(img["image_id"]) != set(valid):
             raise InputError(
-                f"{image_path} does not cover exactly the validation fields of {fp.name}; re-run `hpasc predict image-level {fp} --split valid`"
+                f"{image_path} does not cover exactly the validation fields of {fp.name}; re-run {redo}"
             )
         cells.append(read_table(cell_path))
         images.append(img)

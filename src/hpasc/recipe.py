@@ -36,6 +36,7 @@ from typing import Any
 
 from hpasc.config import read_yaml
 from hpasc.errors import ConfigError, HpascError
+from hpasc.io.runs import fold_dir
 from hpasc.paths import anchor
 
 log = logging.getLogger("hpasc.recipe")
@@ -146,7 +147,7 @@ class Recipe:
 
     def out_dir(self, step: str, fold: int | None = None) -> Path:
         base = self.work / step
-        return base if fold is None else base / f"fold-{fold}"
+        return base if fold is None else fold_dir(base, fold)  # a training step's run folder
 
     def tasks(self) -> list[Task]:
         out = []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hpasc.errors import ConfigError
-from hpasc.io.runs import checkpoint_dir, metrics_path
+from hpasc.io.runs import BEST_PREFIX, LAST_CHECKPOINT, checkpoint_dir, metrics_path
 from hpasc.progress import CONSOLE_KWARGS
 
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
@@ -242,7 +242,7 @@ def build_trainer(
     checkpoints = [
         ModelCheckpoint(
             dirpath=str(ckpt_dir),
-            filename="last",
+            filename=Path(LAST_CHECKPOINT).stem,
             save_top_k=1,
             monitor=None,
             enable_version_counter=False,
@@ -251,7 +251,7 @@ def build_trainer(
     if cfg.monitor:
         checkpoints.append(
             ModelCheckpoint(
-                dirpath=str(ckpt_dir), filename="best-{epoch:03d}", monitor=cfg.monitor, mode=cfg.monitor_mode,
+                dirpath=str(ckpt_dir), filename=BEST_PREFIX + "{epoch:03d}", monitor=cfg.monitor, mode=cfg.monitor_mode,
                 save_top_k=1, auto_insert_metric_name=False,
             )
         )  # fmt: skip
