@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import hashlib
 import json
 import logging
@@ -38,6 +39,18 @@ from hpasc.config import read_yaml
 from hpasc.errors import ConfigError, HpascError
 from hpasc.io.runs import fold_dir
 from hpasc.paths import anchor
+from hpasc.steps import STEP_KINDS, StepKind, TaskContext, step_kind
+
+# re-exported: recipes and their step kinds are used through this module
+__all__ = [
+    "STEP_KINDS",
+    "StepKind",
+    "TaskContext",
+    "load_recipe",
+    "plan",
+    "run_recipe",
+    "step_kind",
+]
 
 log = logging.getLogger("hpasc.recipe")
 
@@ -47,61 +60,22 @@ _REF = re.compile(r"\$\{(data|work|out|recipe|fold|step:[A-Za-z0-9_.\-]+)\}")
 _RESERVED = {"name", "kind", "needs", "folds", "description"}
 
 
-@dataclasses.dataclass
-class TaskContext:
-    """What a step kind receives besides its parameters."""
-
-    step: str
-    out: Path
-    fold: int | None
-    data: Path
-    work: Path
-    recipe_dir: Path
-    n_folds: int | None
-    log_file: Path
-    resume: bool = False  # an interrupted run of this same task left partial outputs to keep
-
-
-StepFn = Callable[[dict[str, Any], TaskContext], None]
-STEP_KINDS: dict[str, StepFn] = {}
-_FOLD_COUNTERS: dict[str, Callable[[dict[str, Any], Path], int]] = {}
-_DESCRIBERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {}
-
-
-def step_kind(
-    name: str,
-    n_folds: Callable[[dict[str, Any], Path], int] | None = None,
-    settings: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
-):
-    """Register a step kind. ``n_folds(params, recipe_dir)`` tells how many folds ``folds: all``
-    means; ``settings(params, recipe_dir)`` names what the plan shows of a task (default: its
-    scalar keys, see :func:`task_settings`)."""
-
-    def deco(fn: StepFn) -> StepFn:
-        STEP_KINDS[name] = fn
-        if n_folds is not None:
-            _FOLD_COUNTERS[name] = n_folds
-        if settings is not None:
-            _DESCRIBERS[name] = settings
-        return fn
-
-    return deco
-
-
 def _is_setting(value: Any) -> bool:
-    # paths and lists are where data flows, not how a step behaves: the plan leaves them out
-    if isinstance(value, bool | int | float):
-        return True
-    return isinstance(value, str) and "/" not in value and "${" not in value
+    # lists are where data flows, not how a step behaves: the plan leaves them out (and paths)
+    return isinstance(value, bool | int | float | str)
 
 
 def task_settings(kind: str, params: dict[str, Any], recipe_dir: Path) -> dict[str, Any]:
     """What a task runs with, as the plan shows it: the kind's ``settings`` hook, else the
-    scalar keys of its (resolved) parameters, dicts one level deep (``options.scale_factor``)."""
-    if kind in _DESCRIBERS:
-        return _DESCRIBERS[kind](params, recipe_dir)
+    scalar keys of its (resolved) parameters but its path keys, dicts one level deep
+    (``options.scale_factor``)."""
+    spec = STEP_KINDS[kind]
+    if spec.settings is not None:
+        return spec.settings(params, recipe_dir)
     out: dict[str, Any] = {}
     for key, value in params.items():
+        if key in spec.paths:
+            continue
         if isinstance(value, dict):
             out.update({f"{key}.{k}": v for k, v in value.items() if _is_setting(v)})
         elif _is_setting(value):
@@ -172,7 +146,7 @@ def _expand_folds(
     if spec is None:
         return None
     if spec == "all":
-        counter = _FOLD_COUNTERS.get(kind)
+        counter = STEP_KINDS[kind].n_folds
         n = params.get("n_folds") or (counter(params, recipe_dir) if counter else None)
         if not n:
             raise ConfigError(f"{where}: 'folds: all' needs 'n_folds' for kind '{kind}'")
@@ -190,8 +164,6 @@ def load_recipe(
     path: str | Path, data: str | Path | None = None, work: str | Path | None = None
 ) -> Recipe:
     """Read and check a recipe: known kinds, unique names, existing dependencies, no cycles."""
-    from hpasc import steps as _  # noqa: F401  (registers the built-in step kinds)
-
     path = Path(path)
     doc = read_yaml(path, "recipe")
     if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
@@ -220,8 +192,6 @@ def load_recipe(
         if name in steps:
             raise ConfigError(f"{where}: duplicate step name '{name}'")
         if kind not in STEP_KINDS:
-            import difflib
-
             close = difflib.get_close_matches(kind, list(STEP_KINDS), n=2)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
@@ -267,19 +237,46 @@ def resolve(value: Any, recipe: Recipe, out: Path, fold: int | None) -> Any:
     return _REF.sub(sub, value)
 
 
+def _anchor_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return anchor(value)
+    if isinstance(value, list):
+        return [anchor(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def task_params(recipe: Recipe, task: Task, out: Path) -> dict[str, Any]:
+    """A task's parameters: ``${...}`` substituted, and the values of its kind's path keys
+    anchored at the current directory (docs/paths.md); other keys are never paths."""
+    params = resolve(task.step.params, recipe, out, task.fold)
+    paths = STEP_KINDS[task.step.kind].paths
+    return {k: _anchor_value(v) if k in paths else v for k, v in params.items()}
+
+
+def _path_values(kind: str, params: dict[str, Any]) -> list[str]:
+    """The local paths among the values of ``kind``'s input path keys (URLs left out)."""
+    out = []
+    spec = STEP_KINDS[kind]
+    for key in sorted((spec.paths - spec.outputs) & set(params)):
+        value = params[key]
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and v and "://" not in v:
+                out.append(v)
+    return out
+
+
 def _path_signature(p: Path) -> list[Any]:
-    """Cheap content signature of an input outside the work folder (sizes and mtimes)."""
-    if p.is_file():
+    """Signature of an input outside the work folder: its own size and mtime, one ``stat``.
+
+    A folder is not listed (a data folder may hold 100k fields, and planning must stay
+    instant): files added, removed or renamed in it change its mtime; files rewritten in
+    place, or changes inside its sub-folders, need ``--force STEP``.
+    """
+    try:
         st = p.stat()
-        return [st.st_size, int(st.st_mtime)]
-    if p.is_dir():
-        n = size = newest = 0
-        for f in p.rglob("*"):
-            if f.is_file():
-                st = f.stat()
-                n, size, newest = n + 1, size + st.st_size, max(newest, int(st.st_mtime))
-        return [n, size, newest]
-    return []
+    except OSError:
+        return []
+    return [st.st_size if p.is_file() else None, st.st_mtime_ns]
 
 
 def fingerprint(recipe: Recipe, task: Task, params: dict[str, Any]) -> str:
@@ -294,23 +291,15 @@ def fingerprint(recipe: Recipe, task: Task, params: dict[str, Any]) -> str:
             _read_done(recipe.out_dir(need, k)).get("fingerprint") for k in _folds_of(recipe, need)
         ]
     inputs = {}
-    for v in _strings(params):
+    work = recipe.work.resolve()
+    for v in _path_values(task.step.kind, params):
         p = Path(v)
-        # inputs from outside the work folder: their content may change between runs
-        if p.exists() and recipe.work.resolve() not in p.resolve().parents:
+        # inputs from outside the work folder: their content may change between runs (what is
+        # inside it is covered by the fingerprints of the steps that wrote it)
+        if p != work and work not in p.resolve().parents:
             inputs[v] = _path_signature(p)
     parts["inputs"] = inputs
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value] if ("/" in value or "." in value) and len(value) < 4096 else []
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    return []
 
 
 def _folds_of(recipe: Recipe, name: str) -> list[int | None]:
@@ -350,6 +339,18 @@ def _select(
     return tasks
 
 
+def forced_steps(recipe: Recipe, force: list[str] | None) -> list[str]:
+    """The steps ``--force`` re-runs: the named ones and every step that depends on them,
+    transitively, in recipe order (a re-run output may differ even if its fingerprint does not)."""
+    forced = set(force or [])
+    for n in forced:
+        recipe.step(n)
+    for s in recipe.steps:  # recipe order is a dependency order: one pass reaches every dependent
+        if forced.intersection(s.needs):
+            forced.add(s.name)
+    return [s.name for s in recipe.steps if s.name in forced]
+
+
 @dataclasses.dataclass
 class PlanItem:
     task: Task
@@ -366,15 +367,14 @@ def plan(
     force: list[str] | None = None,
     fold: int | None = None,
 ) -> list[PlanItem]:
-    """What would run, in order, and what is already done."""
-    force = set(force or [])
-    for n in force:
-        recipe.step(n)
+    """What would run, in order, and what is already done (``forced``: named by ``force``, or
+    depending on such a step)."""
+    force = set(forced_steps(recipe, force))
     items = []
     described: dict[str, dict[str, Any]] = {}  # the folds of a step share its settings
     for task in _select(recipe, until, only, fold):
         out = recipe.out_dir(task.step.name, task.fold)
-        params = resolve(task.step.params, recipe, out, task.fold)
+        params = task_params(recipe, task, out)
         fp = fingerprint(recipe, task, params)
         if task.step.name in force:
             status = "forced"
@@ -432,7 +432,7 @@ def run_recipe(
     """Run the selected tasks in order, skipping finished ones. Returns the plan that was run."""
     executed = []
     selected = _select(recipe, until, only, fold)
-    force = set(force or [])
+    force = set(forced_steps(recipe, force))
     for i, task in enumerate(selected, 1):
         name = task.step.name
         for need in task.step.needs:
@@ -443,7 +443,7 @@ def run_recipe(
                         f"(run without --only, or with --until {need})"
                     )
         out = recipe.out_dir(name, task.fold)
-        params = resolve(task.step.params, recipe, out, task.fold)
+        params = task_params(recipe, task, out)
         fp = fingerprint(recipe, task, params)
         item = PlanItem(task, "run", params, fp)
         if name not in force and _read_done(out).get("fingerprint") == fp:
@@ -481,7 +481,7 @@ def run_recipe(
                 json.dumps(params, default=str),
             )
             try:
-                STEP_KINDS[task.step.kind](params, ctx)
+                STEP_KINDS[task.step.kind].run(params, ctx)
             except BaseException as exc:  # recorded in the log, re-raised with the step's name
                 with log_file.open("a") as fh:
                     fh.write(traceback.format_exc())

@@ -1,21 +1,92 @@
-"""The built-in step kinds of recipes (see :mod:`hpasc.recipe`): each calls one library function.
+"""The step kinds of recipes: the registry and the built-in kinds, each calling one library function.
 
 Parameters are the step's YAML keys (after ``${...}`` substitution). A kind takes only the keys it
-documents; an unknown key is an error naming the closest valid ones.
+documents; an unknown key is an error naming the closest valid ones. A kind declares which of its
+keys hold paths (``paths=``): only those are anchored at the current directory
+(:func:`hpasc.paths.anchor`) and fingerprinted as inputs; any other string (a class name, a
+``preset``, an ``interpolation``) is a plain value, whatever it looks like.
+
+This module imports nothing from :mod:`hpasc.recipe`; the recipe machinery imports the registry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hpasc.errors import ConfigError
 from hpasc.io.runs import find_fold_dirs
-from hpasc.recipe import TaskContext, step_kind
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TaskContext:
+    """What a step kind receives besides its parameters."""
+
+    step: str
+    out: Path
+    fold: int | None
+    data: Path
+    work: Path
+    recipe_dir: Path
+    n_folds: int | None
+    log_file: Path
+    resume: bool = False  # an interrupted run of this same task left partial outputs to keep
+
+
+StepFn = Callable[[dict[str, Any], TaskContext], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepKind:
+    """A registered step kind.
+
+    Attributes
+    ----------
+    name : the ``kind:`` a recipe names.
+    run : ``run(params, ctx)`` does the work.
+    paths : the keys whose values (a string or a list of strings) are paths.
+    outputs : those of ``paths`` that the step writes (not fingerprinted as its inputs).
+    n_folds : ``n_folds(params, recipe_dir)``: how many folds ``folds: all`` means.
+    settings : ``settings(params, recipe_dir)``: what the plan shows of a task.
+    """
+
+    name: str
+    run: StepFn
+    paths: frozenset[str] = frozenset()
+    outputs: frozenset[str] = frozenset()
+    n_folds: Callable[[dict[str, Any], Path], int] | None = None
+    settings: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None
+
+
+STEP_KINDS: dict[str, StepKind] = {}
+
+
+def step_kind(
+    name: str,
+    paths: tuple[str, ...] = (),
+    outputs: tuple[str, ...] = (),
+    n_folds: Callable[[dict[str, Any], Path], int] | None = None,
+    settings: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
+) -> Callable[[StepFn], StepFn]:
+    """Register a step kind under ``name`` (see :class:`StepKind` for the hooks).
+
+    ``paths`` names the keys holding input paths, ``outputs`` those holding output paths; every
+    other key is a value, never a path.
+    """
+
+    def deco(fn: StepFn) -> StepFn:
+        STEP_KINDS[name] = StepKind(
+            name, fn, frozenset(paths) | frozenset(outputs), frozenset(outputs), n_folds, settings
+        )
+        return fn
+
+    return deco
 
 
 def _take(
@@ -47,7 +118,7 @@ def _labels(paths: str | list[str]):
     return table
 
 
-@step_kind("folds")
+@step_kind("folds", paths=("labels",))
 def folds_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """labels: table or list of tables (each split separately, as the reference); n_folds; seed -> ${out}/folds.csv"""
     import pandas as pd
@@ -83,7 +154,7 @@ def synth_step(p: dict[str, Any], ctx: TaskContext) -> None:
     )
 
 
-@step_kind("resize")
+@step_kind("resize", paths=("input",), outputs=("out",))
 def resize_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """input, size, masks (bool), interpolation, dtype, eight_bit, workers, out (default ${out})"""
     from hpasc.prepare import resize_set
@@ -114,7 +185,7 @@ def resize_step(p: dict[str, Any], ctx: TaskContext) -> None:
     )
 
 
-@step_kind("crop")
+@step_kind("crop", paths=("images", "masks", "orig_masks"), outputs=("out",))
 def crop_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """images, masks, size, orig_masks, workers, out (default ${out})"""
     from hpasc.prepare import crop_set
@@ -136,7 +207,7 @@ def crop_step(p: dict[str, Any], ctx: TaskContext) -> None:
     )
 
 
-@step_kind("segment")
+@step_kind("segment", paths=("images",), outputs=("out", "nuclei_out"))
 def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """images, method (classical|hpa-unet|cellpose), preset (hpa-unet: hpacellseg|pfcell-2021|fast),
     eight_bit (ceil257|opencv), nuclei_out, workers, batch_size, options, out"""
@@ -280,7 +351,7 @@ def _list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-@step_kind("oof")
+@step_kind("oof", paths=("runs",))
 def oof_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """runs: trained step folder(s) -> ${out}/cells.parquet (+ images.parquet): out-of-fold predictions"""
     from hpasc.oof import join_oof
@@ -291,7 +362,7 @@ def oof_step(p: dict[str, Any], ctx: TaskContext) -> None:
     write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
 
 
-@step_kind("average")
+@step_kind("average", paths=("tables",))
 def average_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """tables: cell tables (files or step folders holding cells.parquet), weights, allow_missing -> ${out}/cells.parquet"""
     from hpasc.cells import average_tables, write_table
@@ -324,7 +395,7 @@ def _average_image_tables(paths: list[Path], weights, out: Path) -> None:
     df.to_parquet(out, index=False)
 
 
-@step_kind("predict-image-level")
+@step_kind("predict-image-level", paths=("runs", "images", "masks"))
 def predict_image_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """runs, images, masks, tta, upsample, precision, batch_size (None: the runs' predict.*) -> ${out}/cells.parquet + images.parquet (mean of the folds)"""
     from hpasc.predict import PredictOptions, predict_fields, write_predictions
@@ -344,7 +415,7 @@ def predict_image_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
     write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
 
 
-@step_kind("predict-cell-level")
+@step_kind("predict-cell-level", paths=("runs", "crops"))
 def predict_cell_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """runs, crops, tta, precision, batch_size (None: the runs' predict.*) -> ${out}/cells.parquet (+ images.parquet; mean of the folds)"""
     from hpasc.predict import PredictOptions, write_predictions
@@ -356,7 +427,7 @@ def predict_cell_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
     write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
 
 
-@step_kind("submit")
+@step_kind("submit", paths=("masks", "predictions"))
 def submit_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """masks (original size), predictions (tables or step folders), weights, edge/center thresholds -> ${out}/submission.csv"""
     from hpasc.submission import write_submission
@@ -389,7 +460,7 @@ def submit_step(p: dict[str, Any], ctx: TaskContext) -> None:
     log.info("submission: %s", summary)
 
 
-@step_kind("evaluate")
+@step_kind("evaluate", paths=("solution", "submission", "baseline"))
 def evaluate_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """solution, submission (file or step folder), baseline (optional submission) -> ${out}/metric.json"""
     import json
@@ -414,7 +485,7 @@ def evaluate_step(p: dict[str, Any], ctx: TaskContext) -> None:
     (ctx.out / "metric.json").write_text(json.dumps(doc, indent=1))
 
 
-@step_kind("broadcast")
+@step_kind("broadcast", paths=("cells", "images"))
 def broadcast_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """cells (table or step folder: which cells), images (image-level table or step folder) -> ${out}/cells.parquet
 
@@ -430,7 +501,7 @@ def broadcast_step(p: dict[str, Any], ctx: TaskContext) -> None:
     write_table(broadcast_image_table(cells, images), ctx.out / "cells.parquet")
 
 
-@step_kind("report")
+@step_kind("report", paths=("images", "masks", "cells", "image_level", "metric", "runs"))
 def report_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """images, masks, cells (step folder or table), image_level, metric (step folder), runs, title -> ${out}/report.html"""
     import json

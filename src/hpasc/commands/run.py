@@ -24,7 +24,9 @@ def run(
         None, "--only", help="Run only this step (repeatable); its inputs must exist."
     ),
     force: list[str] = typer.Option(
-        None, "--force", help="Re-run this step even if finished (repeatable)."
+        None,
+        "--force",
+        help="Re-run this step and every step that depends on it, even if finished (repeatable).",
     ),
     fold: int = typer.Option(
         None, "--fold", min=0, help="Only this fold of fold-wise steps (cluster arrays)."
@@ -34,9 +36,16 @@ def run(
     ),
 ) -> None:
     """Run a recipe: steps in dependency order, finished work skipped, failures name the step and log."""
-    from hpasc.recipe import format_plan, load_recipe, plan, run_recipe
+    from hpasc.recipe import forced_steps, format_plan, load_recipe, plan, run_recipe
 
     r = load_recipe(recipe, data=data, work=work)
+    if force:
+        named = list(dict.fromkeys(force))
+        after = [n for n in forced_steps(r, named) if n not in named]
+        typer.echo(
+            f"forced: {', '.join(named)}"
+            + (f", and what depends on it: {', '.join(after)}" if after else "")
+        )
     if dry_run:
         items = plan(r, until=until, only=only or None, force=force or None, fold=fold)
         typer.echo(f"recipe '{r.name}': {len(items)} tasks (data: {r.data}, work: {r.work})")
