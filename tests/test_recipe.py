@@ -56,8 +56,19 @@ def test_order_skip_and_force(recipe, tmp_path):
     run_recipe(r, echo=lambda s: None)
     assert CALLS == []  # everything finished: skipped
     assert {it.status for it in plan(r)} == {"done"}
+    CALLS.clear()
+    # a forced step's dependents re-run too, transitively, though their fingerprints are unchanged
+    assert [(it.task.label, it.status) for it in plan(r, force=["b"])] == [
+        ("a", "done"),
+        ("b/fold-0", "forced"),
+        ("b/fold-1", "forced"),
+        ("c", "forced"),
+    ]
     run_recipe(r, force=["a"], echo=lambda s: None)
-    assert CALLS == ["a"]  # same fingerprint downstream: a's output fingerprint is the same
+    assert CALLS == ["a", "b/0", "b/1", "c"]
+    CALLS.clear()
+    run_recipe(r, force=["c"], echo=lambda s: None)
+    assert CALLS == ["c"]  # nothing depends on c
 
 
 def test_edit_reruns_downstream(recipe, tmp_path):
@@ -148,3 +159,133 @@ def test_interrupted_task_resumes(tmp_path):
         run_recipe(r, echo=lambda s: None)
     run_recipe(r, echo=lambda s: None)
     assert CALLS == ["resume=False", "resume=True"]
+
+
+def test_force_cli_names_the_dependents(tmp_path, cli):
+    """A tiny real run through the CLI: --force on the first step re-runs the one after it."""
+    (tmp_path / "labels.csv").write_text(
+        "ID,Label\n" + "".join(f"f{i},{i % 3}\n" for i in range(12))
+    )
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        "steps:\n"
+        "  - {name: folds, kind: folds, labels: '${data}/labels.csv', n_folds: 3}\n"
+        "  - {name: all, kind: group, needs: [folds]}\n"
+        "  - {name: other, kind: group}\n"
+    )
+    args = ("run", p, "--data", tmp_path, "--work", tmp_path / "w")
+    assert cli(*args).returncode == 0
+    done = tmp_path / "w/folds/.hpasc-done.json"
+    first = done.read_text()
+    r = cli(*args, "--force", "folds", "--dry-run")
+    assert "forced: folds, and what depends on it: all" in r.stdout, r.stdout + r.stderr
+    assert "[forced] folds" in r.stdout and "[forced] all" in r.stdout
+    assert "[done  ] other" in r.stdout
+    r = cli(*args, "--force", "folds")
+    assert r.returncode == 0, r.stderr
+    assert "folds: folds ..." in r.stdout and "all: group ..." in r.stdout
+    assert "other: done, skipped" in r.stdout
+    assert done.read_text() != first  # really ran again (a new timing record)
+
+
+def test_demo_plan_force_reaches_everything_downstream(tmp_path):
+    from hpasc.recipe import forced_steps
+
+    demo = Path(__file__).resolve().parents[1] / "src/hpasc/configs/recipes/demo.yaml"
+    r = load_recipe(demo, work=tmp_path / "w")
+    assert forced_steps(r, ["test-cell"]) == [
+        "test-cell",
+        "ensemble",
+        "submission",
+        "baseline-cells",
+        "baseline-submission",
+        "metric",
+        "report",
+    ]
+    items = {it.task.label: it.status for it in plan(r, force=["cell"])}
+    assert items["cell/fold-1"] == items["test-cell"] == items["report"] == "forced"
+    assert items["cam/fold-0"] == items["test-cam"] == "run"  # upstream of cell: not forced
+
+
+@step_kind("toy-paths", paths=("src", "many"), outputs=("dest",))
+def _toy_paths(p, ctx):
+    CALLS.append(p)
+
+
+def test_only_declared_path_keys_are_paths(tmp_path, monkeypatch):
+    """A value that looks like a path in a non-path key stays as written, is shown in the plan and
+    is not fingerprinted; path keys are anchored at the cwd and their inputs fingerprinted."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "looks").mkdir()
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        "steps:\n"
+        "  - name: x\n"
+        "    kind: toy-paths\n"
+        "    src: in\n"
+        "    many: [in, s3://bucket/k]\n"
+        "    dest: outside\n"
+        "    cls: looks\n"
+        "    preset: pfcell-2021.yaml\n"
+        "    interpolation: a/b\n"
+    )
+    r = load_recipe(p, work=tmp_path / "w")
+    (item,) = plan(r)
+    assert item.params["src"] == str(tmp_path / "in")
+    assert item.params["many"] == [str(tmp_path / "in"), "s3://bucket/k"]
+    assert item.params["dest"] == str(tmp_path / "outside")
+    assert item.params["cls"] == "looks"
+    assert item.params["preset"] == "pfcell-2021.yaml"
+    assert item.params["interpolation"] == "a/b"
+    assert item.settings == {"cls": "looks", "preset": "pfcell-2021.yaml", "interpolation": "a/b"}
+    CALLS.clear()
+    run_recipe(r, echo=lambda s: None)
+    (called,) = CALLS
+    assert called == item.params
+    # touching the folder named by a non-path key, or the output, changes nothing ...
+    (tmp_path / "looks/new").write_text("x")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside/new").write_text("x")
+    assert plan(r)[0].status == "done"
+    # ... a file added to an input folder re-runs the step
+    (tmp_path / "in/new").write_text("x")
+    assert plan(r)[0].status == "run"
+
+
+def test_plan_does_not_list_or_stat_an_input_folder(tmp_path, monkeypatch):
+    """Planning a step over a folder of 20k fields costs a few system calls, not 20k."""
+    data = tmp_path / "data"
+    images = data / "images"
+    images.mkdir(parents=True)
+    for i in range(20_000):
+        (images / f"f{i}.png").touch()
+    (data / "labels.csv").write_text("ID,Label\n")
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        "steps:\n"
+        "  - {name: m, kind: segment, images: '${data}/images', method: classical}\n"
+        "  - {name: c, kind: crop, images: '${data}/images', masks: '${step:m}', size: 8}\n"
+        "  - {name: f, kind: folds, labels: '${data}/labels.csv'}\n"
+    )
+    r = load_recipe(p, data=data, work=tmp_path / "w")
+    import os
+
+    counts = {"stat": 0, "scandir": 0, "listdir": 0}
+
+    def counting(name):
+        real = getattr(os, name)
+
+        def call(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in counts:
+        monkeypatch.setattr(os, name, counting(name))
+    items = plan(r)
+    monkeypatch.undo()
+    assert [it.status for it in items] == ["run", "run", "run"]
+    assert counts["scandir"] == counts["listdir"] == 0, counts
+    assert counts["stat"] < 100, counts
