@@ -207,7 +207,7 @@ def test_demo_plan_force_reaches_everything_downstream(tmp_path):
     assert items["cam/fold-0"] == items["test-cam"] == "run"  # upstream of cell: not forced
 
 
-@step_kind("toy-paths", paths=("src", "many"), outputs=("dest",))
+@step_kind("toy-paths", paths=("src", "many", "opts.model"), outputs=("dest",))
 def _toy_paths(p, ctx):
     CALLS.append(p)
 
@@ -229,6 +229,7 @@ def test_only_declared_path_keys_are_paths(tmp_path, monkeypatch):
         "    cls: looks\n"
         "    preset: pfcell-2021.yaml\n"
         "    interpolation: a/b\n"
+        "    opts: {model: in, name: looks}\n"
     )
     r = load_recipe(p, work=tmp_path / "w")
     (item,) = plan(r)
@@ -238,7 +239,13 @@ def test_only_declared_path_keys_are_paths(tmp_path, monkeypatch):
     assert item.params["cls"] == "looks"
     assert item.params["preset"] == "pfcell-2021.yaml"
     assert item.params["interpolation"] == "a/b"
-    assert item.settings == {"cls": "looks", "preset": "pfcell-2021.yaml", "interpolation": "a/b"}
+    assert item.params["opts"] == {"model": str(tmp_path / "in"), "name": "looks"}
+    assert item.settings == {
+        "cls": "looks",
+        "preset": "pfcell-2021.yaml",
+        "interpolation": "a/b",
+        "opts.name": "looks",
+    }
     CALLS.clear()
     run_recipe(r, echo=lambda s: None)
     (called,) = CALLS

@@ -77,7 +77,13 @@ def task_settings(kind: str, params: dict[str, Any], recipe_dir: Path) -> dict[s
         if key in spec.paths:
             continue
         if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items() if _is_setting(v)})
+            out.update(
+                {
+                    f"{key}.{k}": v
+                    for k, v in value.items()
+                    if _is_setting(v) and f"{key}.{k}" not in spec.paths
+                }
+            )
         elif _is_setting(value):
             out[key] = value
     return out
@@ -249,16 +255,27 @@ def task_params(recipe: Recipe, task: Task, out: Path) -> dict[str, Any]:
     """A task's parameters: ``${...}`` substituted, and the values of its kind's path keys
     anchored at the current directory (docs/paths.md); other keys are never paths."""
     params = resolve(task.step.params, recipe, out, task.fold)
-    paths = STEP_KINDS[task.step.kind].paths
-    return {k: _anchor_value(v) if k in paths else v for k, v in params.items()}
+    for key in STEP_KINDS[task.step.kind].paths:
+        found = _slot(params, key)
+        if found is not None:
+            found[0][found[1]] = _anchor_value(found[0][found[1]])
+    return params
+
+
+def _slot(params: dict[str, Any], key: str) -> tuple[dict[str, Any], str] | None:
+    """Where a path key (``images``, or one level deep, ``options.cell_model``) sits in params."""
+    parent, _, leaf = key.rpartition(".")
+    holder = params.get(parent) if parent else params
+    return (holder, leaf) if isinstance(holder, dict) and leaf in holder else None
 
 
 def _path_values(kind: str, params: dict[str, Any]) -> list[str]:
     """The local paths among the values of ``kind``'s input path keys (URLs left out)."""
     out = []
     spec = STEP_KINDS[kind]
-    for key in sorted((spec.paths - spec.outputs) & set(params)):
-        value = params[key]
+    for key in sorted(spec.paths - spec.outputs):
+        found = _slot(params, key)
+        value = found[0][found[1]] if found is not None else None
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, str) and v and "://" not in v:
                 out.append(v)

@@ -50,7 +50,8 @@ class StepKind:
     ----------
     name : the ``kind:`` a recipe names.
     run : ``run(params, ctx)`` does the work.
-    paths : the keys whose values (a string or a list of strings) are paths.
+    paths : the keys whose values (a string or a list of strings) are paths; a dotted key
+        (``options.cell_model``) names a key of a mapping-valued key.
     outputs : those of ``paths`` that the step writes (not fingerprinted as its inputs).
     n_folds : ``n_folds(params, recipe_dir)``: how many folds ``folds: all`` means.
     settings : ``settings(params, recipe_dir)``: what the plan shows of a task.
@@ -207,7 +208,11 @@ def crop_step(p: dict[str, Any], ctx: TaskContext) -> None:
     )
 
 
-@step_kind("segment", paths=("images",), outputs=("out", "nuclei_out"))
+@step_kind(
+    "segment",
+    paths=("images", "options.nuclei_model", "options.cell_model"),
+    outputs=("out", "nuclei_out"),
+)
 def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """images, method (classical|hpa-unet|cellpose), preset (hpa-unet: hpacellseg|pfcell-2021|fast),
     eight_bit (ceil257|opencv), nuclei_out, workers, batch_size, options, out"""
