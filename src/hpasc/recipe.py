@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import re
+import stat
 import time
 import traceback
 from collections.abc import Callable
@@ -293,7 +294,7 @@ def _path_signature(p: Path) -> list[Any]:
         st = p.stat()
     except OSError:
         return []
-    return [st.st_size if p.is_file() else None, st.st_mtime_ns]
+    return [st.st_size if stat.S_ISREG(st.st_mode) else None, st.st_mtime_ns]
 
 
 def fingerprint(recipe: Recipe, task: Task, params: dict[str, Any]) -> str:
