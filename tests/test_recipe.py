@@ -175,8 +175,8 @@ def test_force_cli_names_the_dependents(tmp_path, cli):
     )
     args = ("run", p, "--data", tmp_path, "--work", tmp_path / "w")
     assert cli(*args).returncode == 0
-    done = tmp_path / "w/folds/.hpasc-done.json"
-    first = done.read_text()
+    written = tmp_path / "w/folds/folds.csv"
+    written.unlink()  # the done record stays: only a real re-run writes it again
     r = cli(*args, "--force", "folds", "--dry-run")
     assert "forced: folds, and what depends on it: all" in r.stdout, r.stdout + r.stderr
     assert "[forced] folds" in r.stdout and "[forced] all" in r.stdout
@@ -185,7 +185,7 @@ def test_force_cli_names_the_dependents(tmp_path, cli):
     assert r.returncode == 0, r.stderr
     assert "folds: folds ..." in r.stdout and "all: group ..." in r.stdout
     assert "other: done, skipped" in r.stdout
-    assert done.read_text() != first  # really ran again (a new timing record)
+    assert written.is_file()
 
 
 def test_demo_plan_force_reaches_everything_downstream(tmp_path):
