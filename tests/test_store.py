@@ -1,5 +1,6 @@
 import gc
 import hashlib
+import io
 import multiprocessing as mp
 import os
 import pickle
@@ -10,6 +11,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
+import fsspec
 import pytest
 
 import hpasc.io.store as store_mod
@@ -323,8 +325,8 @@ def test_forked_child_leaves_parent_pending_zip_alone(tmp_path):
 def test_bad_locations(tmp_path):
     with pytest.raises(InputError, match=r"more than one \.zip"):
         Store(tmp_path / "a.zip" / "b.zip" / "c")
-    with pytest.raises(InputError, match="local paths only"):
-        Store("memory://bucket/a.zip/x")
+    with pytest.raises(InputError, match="chained zip URL"):
+        Store("zip://x::")
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a readable zip"):
         Store(tmp_path / "bad.zip").list()
@@ -333,3 +335,49 @@ def test_bad_locations(tmp_path):
     (tmp_path / "dir.zip").mkdir()  # a folder whose name ends in .zip is a folder
     Store(tmp_path / "dir.zip").write_bytes("f.txt", b"1")
     assert (tmp_path / "dir.zip" / "f.txt").read_bytes() == b"1"
+
+
+def _zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_chained_zip_urls_on_a_local_archive(tmp_path):
+    path = tmp_path / "c.zip"
+    with Store(path / "sub") as s:
+        s.write_bytes("a.txt", b"A")
+        s.write_bytes("d/b.txt", b"B")
+    for url in (f"zip://sub::{path.as_uri()}", f"zip://sub::{path}"):
+        s = Store(url)
+        assert s.kind == "zip" and s.list(recursive=True) == ["a.txt", "d/b.txt"]
+        assert s.read_bytes("d/b.txt") == b"B"
+    whole = Store(f"zip::{path.as_uri()}")
+    assert whole.list(recursive=True) == ["sub/a.txt", "sub/d/b.txt"]
+    with Store(f"zip://sub::{path.as_uri()}") as s:  # a local archive stays writable
+        s.write_bytes("c.txt", b"C")
+    assert Store(path / "sub").list() == ["a.txt", "c.txt"]
+
+
+def test_zip_behind_a_url_is_read_through_fsspec(monkeypatch):
+    fs = fsspec.filesystem("memory")
+    root = f"memory://zips-{uuid.uuid4().hex}"
+    fs.pipe(f"{root}/a.zip", _zip_bytes({"sub/x.txt": b"x", "sub/y/z.txt": b"z", "top.txt": b"t"}))
+    opened = []
+    real = store_mod.ZipFileSystem
+    monkeypatch.setattr(store_mod, "ZipFileSystem", lambda fo: opened.append(fo) or real(fo))
+    for url in (f"{root}/a.zip/sub", f"zip://sub::{root}/a.zip"):
+        s = Store(url)
+        assert s.kind == "zip" and s.list() == ["x.txt"]
+        assert s.list(recursive=True) == ["x.txt", "y/z.txt"]
+        assert s.read_bytes("y/z.txt") == b"z" and s.exists("x.txt") and not s.exists("no")
+        with s.open("x.txt") as f:
+            assert f.read() == b"x"
+        with pytest.raises(InputError, match="file not found"):
+            s.read_bytes("missing.txt")
+        with pytest.raises(OutputError, match="read-only"):
+            s.write_bytes("new.txt", b"n")
+    assert opened == [f"{root}/a.zip"]  # one reader per archive and process
+    assert Store(f"{root}/none.zip").list() == []

@@ -2,10 +2,13 @@
 
 A :class:`Store` is "a place that holds files". Three kinds share one interface:
 
-* a plain folder (``data/train``) or a ``file://`` URL: pathlib, atomic temp + rename writes;
-* a folder inside a zip archive (``data/x.zip`` or ``data/x.zip/sub/dir``): reads share one
-  open ``ZipFile`` per process; writes go to a temporary archive beside the target that
-  replaces it on :meth:`Store.close`, so a crash leaves the old archive intact;
+* a plain folder (``data/train``) or a ``file://`` URL: pathlib, atomic temp + rename writes
+  (:mod:`hpasc.io.atomic`);
+* a folder inside a zip archive (``data/x.zip/sub/dir``, ``zip://sub/dir::file:///abs/x.zip``,
+  ``zip::memory://b/x.zip``, ``s3://b/x.zip/sub``): read through fsspec's ``ZipFileSystem``,
+  one per archive and process. Local archives are writable: writes go to a temporary archive
+  beside the target that replaces it on :meth:`Store.close`, so a crash leaves the old archive
+  intact; archives behind other URLs are read-only;
 * any other fsspec URL (``memory://bucket/x``, ``s3://...`` when the backend is installed).
 
 Names are relative, ``/``-separated paths below the store root. Names that could escape the
@@ -16,13 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import io
 import os
 import re
-import secrets
 import shutil
-import socket
-import tempfile
 import threading
 import time
 import warnings
@@ -33,21 +32,30 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
+import fsspec
+from fsspec.implementations.zip import ZipFileSystem
+
 from hpasc.errors import InputError, OutputError, oserror_to_output_error
+from hpasc.io.atomic import (
+    AtomicFile,
+    atomic_open,
+    atomic_write,
+    is_tmp,
+    remove_dead_temporaries,
+    spooled_writer,
+    tmp_sibling,
+)
 
 __all__ = ["Store", "open_store", "clean_name", "STORED_EXTS"]
 
 #: Entries with these endings are already compressed: zip stores them without deflate.
 STORED_EXTS = (".png", ".npz", ".crops", ".zip", ".gz", ".jpg", ".jpeg", ".parquet")
 
-# Temporary files carry this marker so listings skip leftovers of a crashed writer.
-_TMP_MARK = ".hpasc-tmp-"
 #: How an output set was made (hpasc.runner.guard_output); bookkeeping, not listed.
 MANIFEST_NAME = ".hpasc-output.json"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Fixed entry timestamp: the same content gives the same archive bytes.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-_SPOOL_MAX = 64 << 20
 _COPY_CHUNK = 1 << 20
 
 
@@ -83,115 +91,6 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
-def _is_tmp(path: str) -> bool:
-    base = path.rsplit("/", 1)[-1]
-    return base.startswith(".") and _TMP_MARK in base
-
-
-def _tmp_sibling(target: Path) -> Path:
-    # host and pid in the name let a later run tell a dead writer's leftovers from live ones
-    owner = f"{socket.gethostname()}-{os.getpid()}"
-    return target.with_name(f".{target.name}{_TMP_MARK}{owner}-{secrets.token_hex(6)}")
-
-
-def _dead_writer(name: str) -> bool:
-    """Whether temp file ``name`` belongs to a process of this host that no longer runs."""
-    owner = name.rpartition(_TMP_MARK)[2]
-    host, _, pid = owner.rpartition("-")[0].rpartition("-")  # <host>-<pid>-<random>
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive, owned by another user
-        return False
-    return False
-
-
-def remove_dead_temporaries(folder: Path, prefix: str = "") -> int:
-    """Delete the temp files that killed writers left in ``folder`` (names ``.<prefix>…``)."""
-    removed = 0
-    with contextlib.suppress(OSError), os.scandir(folder) as it:
-        for entry in it:
-            mine = entry.name.startswith(f".{prefix}") and _is_tmp(entry.name)
-            if mine and _dead_writer(entry.name):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-                    removed += 1
-    return removed
-
-
-class _AtomicWriter(io.RawIOBase):
-    """A binary write stream whose content appears under its final name only on close().
-
-    Leaving a ``with`` block by an exception, or dropping the stream unclosed, discards it.
-    """
-
-    def __init__(self, raw: IO[bytes], commit: Callable[[IO[bytes]], None], abort: Callable):
-        super().__init__()
-        self._raw = raw
-        self._commit = commit
-        self._abort = abort
-        self._done = False
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return self._raw.seekable()
-
-    def write(self, data) -> int:
-        return self._raw.write(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._raw.tell()
-
-    def flush(self) -> None:
-        if not self._done:
-            self._raw.flush()
-
-    def close(self) -> None:
-        if not self._done:
-            self._done = True
-            self._commit(self._raw)
-        super().close()
-
-    def discard(self) -> None:
-        """Drop what was written; the target is left as it was."""
-        if not self._done:
-            self._done = True
-            self._abort(self._raw)
-        super().close()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.discard()
-
-    def __del__(self) -> None:
-        if hasattr(self, "_done"):
-            self.discard()
-
-
-def _spooled_writer(commit: Callable[[IO[bytes]], None]) -> _AtomicWriter:
-    """A writer buffering in memory (spilling to disk) that hands the buffer to ``commit``."""
-
-    def done(buf: IO[bytes]) -> None:
-        try:
-            buf.seek(0)
-            commit(buf)
-        finally:
-            buf.close()
-
-    buf = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX)  # noqa: SIM115 - closed by done()
-    return _AtomicWriter(buf, done, lambda b: b.close())
-
-
 # --------------------------------------------------------------------------------------------
 # Backends. Paths given to a backend are clean names relative to the backend root; a missing
 # file raises FileNotFoundError, which Store turns into an InputError naming the location.
@@ -215,11 +114,11 @@ class _FolderBackend:
             return []
         if not recursive:
             with os.scandir(base) as it:
-                return [e.name for e in it if e.is_file() and not _is_tmp(e.name)]
+                return [e.name for e in it if e.is_file() and not is_tmp(e.name)]
         out = []
         for dirpath, _, files in os.walk(base):
             rel = Path(dirpath).relative_to(base).as_posix()
-            out.extend(_join("" if rel == "." else rel, f) for f in files if not _is_tmp(f))
+            out.extend(_join("" if rel == "." else rel, f) for f in files if not is_tmp(f))
         return out
 
     def exists(self, path: str) -> bool:
@@ -237,31 +136,11 @@ class _FolderBackend:
         except (IsADirectoryError, NotADirectoryError) as e:
             raise FileNotFoundError(path) from e
 
-    def open_write(self, path: str) -> _AtomicWriter:
-        target = self.root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_sibling(target)
-        # os.open with 0o666 keeps the umask's permissions (mkstemp would force 0o600).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        raw = os.fdopen(fd, "wb")
-
-        def commit(f: IO[bytes]) -> None:
-            f.close()
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                tmp.unlink(missing_ok=True)
-                raise
-
-        def abort(f: IO[bytes]) -> None:
-            f.close()
-            tmp.unlink(missing_ok=True)
-
-        return _AtomicWriter(raw, commit, abort)
+    def open_write(self, path: str) -> AtomicFile:
+        return atomic_open(self.root / path)
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        with self.open_write(path) as f:
-            f.write(data)
+        atomic_write(self.root / path, data)
 
     def remove(self, path: str) -> None:
         try:
@@ -321,7 +200,7 @@ class _FsspecBackend:
             else:
                 paths = [e["name"] for e in self.fs.ls(base, detail=True) if e["type"] == "file"]
         cut = len(base.rstrip("/")) + 1
-        return [p[cut:] for p in paths if not _is_tmp(p)]
+        return [p[cut:] for p in paths if not is_tmp(p)]
 
     def exists(self, path: str) -> bool:
         with self._reaching(path):
@@ -339,12 +218,12 @@ class _FsspecBackend:
         # Object stores and memory:// publish an object only once it is fully uploaded.
         self.fs.pipe_file(self._full(path), bytes(data))
 
-    def open_write(self, path: str) -> _AtomicWriter:
+    def open_write(self, path: str) -> AtomicFile:
         def commit(buf: IO[bytes]) -> None:
             with self.fs.open(self._full(path), "wb") as out:
                 shutil.copyfileobj(buf, out, _COPY_CHUNK)
 
-        return _spooled_writer(commit)
+        return spooled_writer(commit)
 
     def remove(self, path: str) -> None:
         if not self.exists(path):
@@ -363,37 +242,41 @@ class _FsspecBackend:
 
 # --- zip ------------------------------------------------------------------------------------
 
-# Read-only ZipFile objects, one per archive and per process: a forked worker must not share
-# the parent's file offset, so the whole cache is dropped when the process id changes. An
-# archive replaced on disk (new inode/size/mtime) is reopened.
-_READERS: dict[str, tuple[tuple[int, int, int], zipfile.ZipFile]] = {}
+# Read-only ZipFileSystems, one per archive and per process: a forked worker must not share
+# the parent's file offset, so the whole cache is dropped when the process id changes. A local
+# archive replaced on disk (new inode/size/mtime) is reopened; a remote one is taken as fixed.
+_READERS: dict[str, tuple[tuple[int, int, int] | None, ZipFileSystem]] = {}
 _READERS_PID = os.getpid()
 _READERS_LOCK = threading.Lock()
 
 
-def _zip_reader(path: Path) -> zipfile.ZipFile | None:
+def _zip_reader(archive: str, local: Path | None) -> ZipFileSystem | None:
+    """The cached ZipFileSystem of ``archive`` (a local path or fsspec URL); None: missing."""
     global _READERS_PID
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    sig = (st.st_ino, st.st_size, st.st_mtime_ns)
-    key = str(path)
+    sig = None
+    if local is not None:
+        try:
+            st = os.stat(local)
+        except FileNotFoundError:
+            return None
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns)
     with _READERS_LOCK:
         if os.getpid() != _READERS_PID:
             _READERS.clear()
             _READERS_PID = os.getpid()
-        hit = _READERS.get(key)
+        hit = _READERS.get(archive)
         if hit is not None and hit[0] == sig:
             return hit[1]
         try:
-            zf = zipfile.ZipFile(path)
+            fs = ZipFileSystem(archive)
+        except FileNotFoundError:
+            return None
         except (zipfile.BadZipFile, OSError) as e:
             raise InputError(
-                f"{path} is not a readable zip archive ({e}); check the file or recreate it"
+                f"{archive} is not a readable zip archive ({e}); check the file or recreate it"
             ) from None
-        _READERS[key] = (sig, zf)
-        return zf
+        _READERS[archive] = (sig, fs)
+        return fs
 
 
 def _copy_entry(zin: zipfile.ZipFile, info: zipfile.ZipInfo, zout: zipfile.ZipFile) -> None:
@@ -407,10 +290,14 @@ def _copy_entry(zin: zipfile.ZipFile, info: zipfile.ZipInfo, zout: zipfile.ZipFi
 
 
 class _ZipTransaction:
-    """Pending writes to one archive: a temporary zip beside it plus what was removed."""
+    """Pending writes to one archive: a temporary zip beside it plus what was removed.
 
-    def __init__(self, target: Path):
+    ``target`` is None for an archive behind a remote URL, which is read-only.
+    """
+
+    def __init__(self, target: Path | None, archive: str):
         self.target = target
+        self.archive = archive
         self.lock = threading.RLock()
         self.pid = os.getpid()
         self.tmp: Path | None = None
@@ -429,6 +316,11 @@ class _ZipTransaction:
         self.removed = set()
 
     def ensure_writer(self) -> zipfile.ZipFile:
+        if self.target is None:
+            raise OutputError(
+                f"{self.archive}: zip archives behind URLs are read-only; write a local archive "
+                "(data/x.zip) and upload it"
+            )
         if self.pid != os.getpid():
             raise OutputError(
                 f"{self.target}: this zip store is being written by process {self.pid}; "
@@ -438,7 +330,7 @@ class _ZipTransaction:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             remove_dead_temporaries(self.target.parent, self.target.name)
             self.started = time.monotonic()
-            self.tmp = _tmp_sibling(self.target)
+            self.tmp = tmp_sibling(self.target)
             self.writer = zipfile.ZipFile(self.tmp, "x", zipfile.ZIP_DEFLATED)
         return self.writer
 
@@ -449,12 +341,12 @@ class _ZipTransaction:
             writer, tmp = self.writer, self.tmp
             began = time.monotonic()
             try:
-                old = _zip_reader(self.target)
+                old = _zip_reader(self.archive, self.target)
                 if old is not None:
-                    for info in old.infolist():
+                    for info in old.zip.infolist():
                         name = info.filename
                         if name not in self.written and name not in self.removed:
-                            _copy_entry(old, info, writer)
+                            _copy_entry(old.zip, info, writer)
                 writer.close()
                 dead = any(n > 1 for n in self.written.values()) or bool(
                     self.removed.intersection(self.written)
@@ -476,7 +368,7 @@ class _ZipTransaction:
 
     def _compact(self, tmp: Path) -> Path:
         """Rewrite the temp zip keeping the last copy of each live entry."""
-        out = _tmp_sibling(self.target)
+        out = tmp_sibling(self.target)
         with zipfile.ZipFile(tmp) as zin, zipfile.ZipFile(out, "x") as zout:
             infos = zin.infolist()
             last = {info.filename: i for i, info in enumerate(infos)}
@@ -529,16 +421,17 @@ if hasattr(os, "register_at_fork"):
 class _ZipBackend:
     kind = "zip"
 
-    def __init__(self, archive: Path):
-        self.archive = archive
-        self.txn = _ZipTransaction(archive)
+    def __init__(self, archive: str, local: Path | None):
+        self.archive = archive  # a local path or an fsspec URL
+        self.local = local  # None: behind a URL, read-only
+        self.txn = _ZipTransaction(local, archive)
         _LIVE_TRANSACTIONS.add(self.txn)
         # Safety net: pending writes are committed when the last Store on this archive is
         # garbage-collected or the interpreter exits normally (not on a crash or os._exit).
         self._finalizer = weakref.finalize(self, _commit_quietly, self.txn)
 
     def location(self, path: str) -> str:
-        return _join(str(self.archive), path)
+        return _join(self.archive, path)
 
     def _check_parent(self, path: str) -> None:
         if path in self.txn.parent_pending:
@@ -547,15 +440,16 @@ class _ZipBackend:
                 "call store.close() before starting worker processes"
             )
 
-    def _reader(self) -> zipfile.ZipFile | None:
-        return _zip_reader(self.archive)
+    def _reader(self) -> ZipFileSystem | None:
+        return _zip_reader(self.archive, self.local)
 
     def _names(self) -> list[str]:
         with self.txn.lock:
             reader = self._reader()
-            old = reader.namelist() if reader is not None else []
+            # find() lists files under their raw entry names, so unsafe ones can be refused
+            old = reader.find("") if reader is not None else []
             names = set(old) | set(self.txn.written)
-            return [n for n in names if n not in self.txn.removed and not n.endswith("/")]
+            return [n for n in names if n not in self.txn.removed]
 
     def root_exists(self, prefix: str) -> bool:
         names = self._names()
@@ -583,8 +477,8 @@ class _ZipBackend:
             )
         return out
 
-    def _source(self, path: str) -> zipfile.ZipFile | None:
-        """The ZipFile holding the current version of ``path`` (None: missing)."""
+    def _source(self, path: str) -> zipfile.ZipFile | ZipFileSystem | None:
+        """The pending ZipFile or the archive's ZipFileSystem holding ``path`` (None: missing)."""
         txn = self.txn
         self._check_parent(path)
         if path in txn.removed:
@@ -592,9 +486,7 @@ class _ZipBackend:
         if path in txn.written:
             return txn.writer
         reader = self._reader()
-        if reader is None or path not in reader.NameToInfo:
-            return None
-        return reader
+        return reader if reader is not None and reader.isfile(path) else None
 
     def exists(self, path: str) -> bool:
         with self.txn.lock:
@@ -605,14 +497,11 @@ class _ZipBackend:
             src = self._source(path)
             if src is None:
                 raise FileNotFoundError(path)
-            return src.open(path)
+            return src.open(path) if src is self.txn.writer else src.open(path, "rb")
 
     def read_bytes(self, path: str) -> bytes:
-        with self.txn.lock:
-            src = self._source(path)
-            if src is None:
-                raise FileNotFoundError(path)
-            return src.read(path)
+        with self.open_read(path) as f:
+            return f.read()
 
     def _info(self, path: str) -> zipfile.ZipInfo:
         info = zipfile.ZipInfo(path, _ZIP_DATE)
@@ -642,7 +531,7 @@ class _ZipBackend:
             self.txn.ensure_writer().writestr(self._info(path), bytes(data))
             self._added(path)
 
-    def open_write(self, path: str) -> _AtomicWriter:
+    def open_write(self, path: str) -> AtomicFile:
         def commit(buf: IO[bytes]) -> None:
             info = self._info(path)
             info.file_size = buf.seek(0, os.SEEK_END)
@@ -653,7 +542,7 @@ class _ZipBackend:
                     shutil.copyfileobj(buf, dst, _COPY_CHUNK)
                 self._added(path)
 
-        return _spooled_writer(commit)
+        return spooled_writer(commit)
 
     def remove(self, path: str) -> None:
         with self.txn.lock:
@@ -677,14 +566,15 @@ _ZIP_BACKENDS: weakref.WeakValueDictionary[str, _ZipBackend] = weakref.WeakValue
 _ZIP_BACKENDS_LOCK = threading.Lock()
 
 
-def _zip_backend(archive: Path) -> _ZipBackend:
-    key = os.path.abspath(archive)
+def _zip_backend(archive: str, local: Path | None, inner: str) -> tuple[_ZipBackend, str]:
+    """The shared backend of ``archive`` and the clean prefix ``inner`` inside it."""
+    key = os.path.abspath(local) if local is not None else archive
     with _ZIP_BACKENDS_LOCK:
         backend = _ZIP_BACKENDS.get(key)
         if backend is None or backend.txn.pid != os.getpid():
-            backend = _ZipBackend(Path(key))
+            backend = _ZipBackend(key, Path(key) if local is not None else None)
             _ZIP_BACKENDS[key] = backend
-        return backend
+    return backend, clean_name(inner) if inner.strip("/") else ""
 
 
 def _file_url_to_path(url: str) -> str:
@@ -694,20 +584,47 @@ def _file_url_to_path(url: str) -> str:
     return unquote(parsed.path)
 
 
+def _zip_part(url: str, parts: list[str], is_dir: Callable[[int], bool]) -> int | None:
+    """Index of the part of ``parts`` that is a zip archive (None: no archive)."""
+    zips = [i for i, p in enumerate(parts) if p.lower().endswith(".zip") and not is_dir(i)]
+    if len(zips) > 1:
+        names = ", ".join(parts[i] for i in zips)
+        raise InputError(
+            f"{url}: more than one .zip in the path ({names}); an archive inside an archive "
+            "cannot be opened in place: extract the inner archive first"
+        )
+    return zips[0] if zips else None
+
+
+def _chained_zip(url: str) -> tuple[_ZipBackend, str]:
+    """``zip::TARGET`` or ``zip://inner/dir::TARGET``, TARGET a path or an fsspec URL."""
+    head, _, target = url.partition("::")
+    if not target or "::" in target:
+        raise InputError(
+            f"{url}: a chained zip URL is zip://INNER/DIR::ARCHIVE with one archive URL after "
+            "'::' (e.g. zip://images::file:///data/train.zip)"
+        )
+    inner = head.split("://", 1)[1] if "://" in head else ""
+    if "://" not in target or target.lower().startswith("file://"):
+        local = target if "://" not in target else _file_url_to_path(target)
+        return _zip_backend(local, Path(local).expanduser(), inner)
+    return _zip_backend(target, None, inner)
+
+
 def _open_backend(url: str) -> tuple[Any, str]:
     """Return (backend, prefix inside it) for a store location."""
+    if url.lower().startswith(("zip::", "zip://")):
+        return _chained_zip(url)
     if "://" in url:
         scheme, rest = url.split("://", 1)
         if scheme.lower() == "file":
             return _local_backend(_file_url_to_path(url), url)
-        if any(p.lower().endswith(".zip") for p in rest.split("/")):
-            raise InputError(
-                f"{url}: zip archives are supported on local paths only; "
-                "copy the archive to a local disk and open it there"
-            )
+        parts = rest.split("/")
+        i = _zip_part(url, parts, lambda i: False)  # listing remote folders costs a request
+        if i is not None:
+            archive = f"{scheme}://" + "/".join(parts[: i + 1])
+            return _zip_backend(archive, None, "/".join(parts[i + 1 :]))
         try:
-            import fsspec
-
             fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as e:
             raise InputError(
@@ -720,22 +637,11 @@ def _open_backend(url: str) -> tuple[Any, str]:
 def _local_backend(path_str: str, url: str) -> tuple[Any, str]:
     path = Path(path_str).expanduser()
     parts = path.parts
-    zips = [
-        i
-        for i, part in enumerate(parts)
-        if part.lower().endswith(".zip") and not Path(*parts[: i + 1]).is_dir()
-    ]
-    if len(zips) > 1:
-        names = ", ".join(parts[i] for i in zips)
-        raise InputError(
-            f"{url}: more than one .zip in the path ({names}); an archive inside an archive "
-            "cannot be opened in place: extract the inner archive first"
-        )
-    if not zips:
+    i = _zip_part(url, list(parts), lambda i: Path(*parts[: i + 1]).is_dir())
+    if i is None:
         return _FolderBackend(path), ""
-    i = zips[0]
-    inner = "/".join(parts[i + 1 :])
-    return _zip_backend(Path(*parts[: i + 1])), clean_name(inner) if inner else ""
+    archive = Path(*parts[: i + 1])
+    return _zip_backend(str(archive), archive, "/".join(parts[i + 1 :]))
 
 
 class Store:
@@ -913,7 +819,7 @@ class Store:
 
         Returns how many were removed; files of live writers are kept.
         """
-        archive = getattr(self._backend, "archive", None)
+        archive = getattr(self._backend, "local", None)
         if archive is not None:
             return remove_dead_temporaries(archive.parent, archive.name)
         if self.kind != "folder":
