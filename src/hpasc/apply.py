@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from hpasc.errors import InputError
+from hpasc.io.atomic import atomic_open, atomic_write
 from hpasc.io.runs import CELL_LEVEL, RunFolder, open_run
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ def predict_fields_end_to_end(
             .mean()
             .reset_index()
         )
-        img.to_parquet(out / "images.parquet", index=False)
+        with atomic_open(out / "images.parquet") as f:
+            img.to_parquet(f, index=False)
     shown = top_class(cells[PROB_COLUMNS].to_numpy())
     named = cells[["image_id", "cell_id"]].copy()
     areas = []
@@ -142,9 +144,7 @@ def predict_fields_end_to_end(
     named["shown_class"] = [CLASS_NAMES[k] for k in shown]
     for k, name in enumerate(CLASS_NAMES):
         named[name] = cells[PROB_COLUMNS[k]].to_numpy()
-    tmp = out / ".cells.csv.tmp"
-    named.to_csv(tmp, index=False)
-    tmp.replace(out / "cells.csv")
+    atomic_write(out / "cells.csv", named.to_csv(index=False))
     manifest = {
         "title": f"predictions for {images}",
         "images": str(images),
@@ -154,7 +154,7 @@ def predict_fields_end_to_end(
     }
     if image_tables:
         manifest["image_level"] = "images.parquet"
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
     return named
 
 

@@ -25,7 +25,6 @@ import importlib.metadata
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from hpasc import __version__
 from hpasc.errors import ConfigError, InputError, OutputError
+from hpasc.io.atomic import atomic_path
 
 __all__ = [
     "KAGGLE_EXTRA_WHEELS",
@@ -395,33 +395,27 @@ def make_bundle(
         raise OutputError(f"cannot write {out}: folder {out.parent} does not exist")
 
     summary = BundleSummary(out=out)
-    tmp_zip = out.with_name(f".{out.name}.tmp-{secrets.token_hex(6)}")
-    try:
-        with tempfile.TemporaryDirectory(prefix="hpasc-wheels-") as wheel_dir:
-            wheels = [build_hpasc_wheel(wheel_dir, source)]
-            wheels += build_dependency_wheels(
-                requirements, wheel_dir, find_links=find_links, no_index=no_index
-            )
-            summary.wheels = [w.name for w in wheels]
-            with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as zf:
-                for wheel in wheels:
-                    _add(zf, wheel, f"wheels/{wheel.name}")
-                for name, (root, files) in run_files.items():
-                    summary.runs[name] = [f.as_posix() for f in files]
-                    for rel in files:
-                        _add(zf, root / rel, f"runs/{name}/{rel.as_posix()}")
-                if recipe is not None:
-                    summary.recipe = Path(recipe).name
-                    _add(zf, Path(recipe), f"recipe/{summary.recipe}")
-                for rel in weight_files:
-                    summary.weights.append(rel.as_posix())
-                    _add(zf, weights_dir / rel, f"weights/segmentation/{rel.as_posix()}")
-                zf.writestr("INSTALL.txt", install_text(summary))
-                zf.writestr("bundle.json", json.dumps(_manifest(summary, requirements), indent=2))
-        os.replace(tmp_zip, out)
-    except BaseException:
-        tmp_zip.unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp_zip, tempfile.TemporaryDirectory(prefix="hpasc-wheels-") as wd:
+        wheels = [build_hpasc_wheel(wd, source)]
+        wheels += build_dependency_wheels(
+            requirements, wd, find_links=find_links, no_index=no_index
+        )
+        summary.wheels = [w.name for w in wheels]
+        with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as zf:
+            for wheel in wheels:
+                _add(zf, wheel, f"wheels/{wheel.name}")
+            for name, (root, files) in run_files.items():
+                summary.runs[name] = [f.as_posix() for f in files]
+                for rel in files:
+                    _add(zf, root / rel, f"runs/{name}/{rel.as_posix()}")
+            if recipe is not None:
+                summary.recipe = Path(recipe).name
+                _add(zf, Path(recipe), f"recipe/{summary.recipe}")
+            for rel in weight_files:
+                summary.weights.append(rel.as_posix())
+                _add(zf, weights_dir / rel, f"weights/segmentation/{rel.as_posix()}")
+            zf.writestr("INSTALL.txt", install_text(summary))
+            zf.writestr("bundle.json", json.dumps(_manifest(summary, requirements), indent=2))
     summary.nbytes = out.stat().st_size
     return summary
 

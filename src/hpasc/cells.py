@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from hpasc.classes import NUM_CLASSES
-from hpasc.errors import InputError, OutputError
+from hpasc.errors import InputError
+from hpasc.io.atomic import atomic_open
 
 KEY_COLUMNS = ["image_id", "cell_id"]
 PROB_COLUMNS = [f"p{k:02d}" for k in range(NUM_CLASSES)]
@@ -95,15 +96,9 @@ def validate_table(df: pd.DataFrame, source: str = "") -> None:
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Validate and write a table to Parquet atomically (it appears only when complete)."""
-    from hpasc.io.store import Store
-
     validate_table(df, str(path))
-    path = Path(path)
-    try:
-        with Store(path.parent).open(path.name, "wb") as fh:
-            df.to_parquet(fh, index=False)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc}") from exc
+    with atomic_open(path) as fh:
+        df.to_parquet(fh, index=False)
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

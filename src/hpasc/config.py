@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hpasc.errors import ConfigError
+from hpasc.io.atomic import atomic_write
 
 T = TypeVar("T")
 
@@ -209,11 +210,7 @@ def to_yaml(cfg: Any) -> str:
 
 def dump_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(path)
+    atomic_write(path, to_yaml(cfg))
 
 
 def config_search_path() -> list[Path]:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,8 +25,9 @@ import torch
 
 from hpasc.classes import NUM_CLASSES
 from hpasc.data.augment import D4_SIZE, d4_inverse, d4_transform
-from hpasc.errors import InputError, OutputError
+from hpasc.errors import InputError
 from hpasc.io import runs
+from hpasc.io.atomic import atomic_open
 from hpasc.models.cam import CAMClassifier, upsample_cam
 from hpasc.models.pooling import cell_mean_pool
 from hpasc.progress import track
@@ -63,17 +62,8 @@ def read_image_table(path: str | Path) -> pd.DataFrame:
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path) as f:
+        df.to_parquet(f, index=False)
 
 
 def image_table_path(cell_table_path: str | Path) -> Path:

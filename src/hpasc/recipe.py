@@ -38,6 +38,7 @@ from typing import Any
 
 from hpasc.config import read_yaml
 from hpasc.errors import ConfigError, HpascError
+from hpasc.io.atomic import atomic_write
 from hpasc.io.runs import fold_dir
 from hpasc.paths import anchor
 from hpasc.steps import STEP_KINDS, StepKind, TaskContext, step_kind
@@ -489,7 +490,7 @@ def run_recipe(
         )
         out.mkdir(parents=True, exist_ok=True)
         (out / DONE_FILE).unlink(missing_ok=True)
-        running.write_text(json.dumps({"fingerprint": fp}))
+        atomic_write(running, json.dumps({"fingerprint": fp}))
         start = time.time()
         with _log_to(log_file):
             log.info(
@@ -510,7 +511,7 @@ def run_recipe(
                     f"step '{task.label}' ({task.step.kind}) failed: {msg} (log: {log_file})"
                 ) from exc
         seconds = time.time() - start
-        (out / DONE_FILE).write_text(json.dumps({"fingerprint": fp, "seconds": round(seconds, 1)}))
+        atomic_write(out / DONE_FILE, json.dumps({"fingerprint": fp, "seconds": round(seconds, 1)}))
         running.unlink(missing_ok=True)
         echo(f"[{i}/{len(selected)}] {task.label}: finished in {seconds:.1f} s")
         executed.append(item)

@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator
 from hpasc.classes import CLASS_NAMES, NUM_CLASSES
 from hpasc.errors import InputError
 from hpasc.io import images as imio
+from hpasc.io.atomic import atomic_write
 from hpasc.io.runs import METRICS_NAME
 from hpasc.io.store import Store
 from hpasc.viz import class_colours, field_overlay, png_bytes, top_class
@@ -271,8 +272,5 @@ def build_report(
         )
     text = _TEMPLATES.get_template("report.html.j2").render(**page)
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, text)
     return out

@@ -43,6 +43,7 @@ from typing import Any, Literal
 from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hpasc.errors import HpascError, InputError
+from hpasc.io.atomic import atomic_write
 from hpasc.io.store import MANIFEST_NAME
 from hpasc.progress import bar as progress_bar
 
@@ -139,11 +140,7 @@ def _write_errors(target: Any, attempted: set[str], errors: list[tuple[str, str]
     writer.writerows(rows)
     data = buf.getvalue().encode("utf-8")
     if isinstance(target, str | os.PathLike):
-        path = Path(target)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write(target, data)
     else:
         target.write_bytes(_ERRORS_NAME, data)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hpasc.errors import ConfigError
+from hpasc.io.atomic import atomic_open, atomic_write
 from hpasc.io.runs import find_fold_dirs
 
 log = logging.getLogger(__name__)
@@ -397,7 +398,8 @@ def _average_image_tables(paths: list[Path], weights, out: Path) -> None:
     total = sum(wi * f.loc[common].to_numpy(np.float64) for wi, f in zip(w, frames, strict=True))
     df = pd.DataFrame((total / w.sum()).astype(np.float32), columns=PROB_COLUMNS)
     df.insert(0, "image_id", list(common))
-    df.to_parquet(out, index=False)
+    with atomic_open(out) as f:
+        df.to_parquet(f, index=False)
 
 
 @step_kind("predict-image-level", paths=("runs", "images", "masks"))
@@ -487,7 +489,7 @@ def evaluate_step(p: dict[str, Any], ctx: TaskContext) -> None:
             "mAP": base.map,
             "per_class": {str(k): v for k, v in base.per_class.items()},
         }
-    (ctx.out / "metric.json").write_text(json.dumps(doc, indent=1))
+    atomic_write(ctx.out / "metric.json", json.dumps(doc, indent=1))
 
 
 @step_kind("broadcast", paths=("cells", "images"))
@@ -536,5 +538,5 @@ def report_step(p: dict[str, Any], ctx: TaskContext) -> None:
         "metric": table(p["metric"], "metric.json"),
         "runs": _list(p["runs"]),
     }
-    (ctx.out / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if v}, indent=1))
+    atomic_write(ctx.out / MANIFEST, json.dumps({k: v for k, v in manifest.items() if v}, indent=1))
     build_report(ctx.out, ctx.out / "report.html")

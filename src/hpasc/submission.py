@@ -30,7 +30,8 @@ import pandas as pd
 
 from hpasc.cells import PROB_COLUMNS, average_tables, read_table, validate_table
 from hpasc.classes import NUM_CLASSES
-from hpasc.errors import InputError, OutputError
+from hpasc.errors import InputError
+from hpasc.io.atomic import atomic_open
 from hpasc.progress import track
 from hpasc.rle import encode_runs, label_runs, mask_string_runs, run_facts
 
@@ -336,19 +337,13 @@ def write_rows(rows: Iterable[SubmissionRow], out_csv: str | os.PathLike) -> Non
 
     The file appears only when complete (temporary file, then rename; nothing on an error).
     """
-    from hpasc.io.store import Store
-
-    out = Path(out_csv)
-    try:
-        with Store(out.parent).open(out.name, "wb") as raw:  # discarded on an exception
-            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-            writer = csv.writer(text, lineterminator="\n")
-            writer.writerow(SUBMISSION_COLUMNS)
-            writer.writerows(rows)
-            text.flush()
-            text.detach()  # the atomic writer commits when the with block closes it
-    except OSError as exc:
-        raise OutputError(f"cannot write {out}: {exc}") from exc
+    with atomic_open(out_csv) as raw:  # discarded on an exception
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(SUBMISSION_COLUMNS)
+        writer.writerows(rows)
+        text.flush()
+        text.detach()  # the atomic writer commits when the with block closes it
 
 
 # --------------------------------------------------------------------------- reading and checking

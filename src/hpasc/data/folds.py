@@ -9,6 +9,7 @@ import pandas as pd
 
 from hpasc.classes import LabelTable
 from hpasc.errors import InputError
+from hpasc.io.atomic import atomic_write
 
 
 def make_folds(labels: LabelTable, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
@@ -45,8 +46,4 @@ def read_folds(path: str | Path) -> pd.DataFrame:
 
 
 def write_folds(folds: pd.DataFrame, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    folds.to_csv(tmp, index=False)
-    tmp.replace(path)
+    atomic_write(path, folds.to_csv(index=False))

@@ -31,6 +31,8 @@ from urllib.parse import unquote, urlparse
 
 import fsspec
 
+from hpasc.errors import oserror_to_output_error
+
 __all__ = ["atomic_write", "atomic_open", "atomic_path", "remove_dead_temporaries", "is_tmp"]
 
 # Temporary files carry this marker so listings skip leftovers of a crashed writer.
@@ -86,10 +88,15 @@ class AtomicFile(io.RawIOBase):
     """A binary write stream whose content appears under its final name only on close().
 
     Leaving a ``with`` block by an exception, or dropping the stream unclosed, discards it.
+    A failing write or commit (disk full, read-only folder) raises an ``OutputError`` naming
+    ``where``.
     """
 
-    def __init__(self, raw: IO[bytes], commit: Callable[[IO[bytes]], None], abort: Callable):
+    def __init__(
+        self, raw: IO[bytes], commit: Callable[[IO[bytes]], None], abort: Callable, where: str
+    ):
         super().__init__()
+        self.where = where
         self._raw = raw
         self._commit = commit
         self._abort = abort
@@ -102,7 +109,10 @@ class AtomicFile(io.RawIOBase):
         return self._raw.seekable()
 
     def write(self, data) -> int:
-        return self._raw.write(data)
+        try:
+            return self._raw.write(data)
+        except OSError as e:
+            raise oserror_to_output_error(e, self.where) from None
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return self._raw.seek(offset, whence)
@@ -117,7 +127,10 @@ class AtomicFile(io.RawIOBase):
     def close(self) -> None:
         if not self._done:
             self._done = True
-            self._commit(self._raw)
+            try:
+                self._commit(self._raw)
+            except OSError as e:
+                raise oserror_to_output_error(e, self.where) from None
         super().close()
 
     def discard(self) -> None:
@@ -138,7 +151,7 @@ class AtomicFile(io.RawIOBase):
             self.discard()
 
 
-def spooled_writer(commit: Callable[[IO[bytes]], None]) -> AtomicFile:
+def spooled_writer(commit: Callable[[IO[bytes]], None], where: str) -> AtomicFile:
     """A writer buffering in memory (spilling to disk) that hands the buffer to ``commit``."""
 
     def done(buf: IO[bytes]) -> None:
@@ -149,14 +162,18 @@ def spooled_writer(commit: Callable[[IO[bytes]], None]) -> AtomicFile:
             buf.close()
 
     buf = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX)  # noqa: SIM115 - closed by done()
-    return AtomicFile(buf, done, lambda b: b.close())
+    return AtomicFile(buf, done, lambda b: b.close(), where)
 
 
 def _local_writer(target: Path) -> AtomicFile:
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(target)
-    # os.open with 0o666 keeps the umask's permissions (mkstemp would force 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 keeps the umask's permissions (mkstemp would force 0o600).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        fd = os.open(tmp, flags, 0o666)
+    except OSError as e:
+        raise oserror_to_output_error(e, target) from None
     raw = os.fdopen(fd, "wb")
 
     def commit(f: IO[bytes]) -> None:
@@ -171,7 +188,7 @@ def _local_writer(target: Path) -> AtomicFile:
         f.close()
         tmp.unlink(missing_ok=True)
 
-    return AtomicFile(raw, commit, abort)
+    return AtomicFile(raw, commit, abort, str(target))
 
 
 def _url_writer(url: str) -> AtomicFile:
@@ -181,7 +198,7 @@ def _url_writer(url: str) -> AtomicFile:
         with fs.open(path, "wb") as out:
             shutil.copyfileobj(buf, out, _COPY_CHUNK)
 
-    return spooled_writer(commit)
+    return spooled_writer(commit, url)
 
 
 def _local(target: str | os.PathLike) -> Path | None:

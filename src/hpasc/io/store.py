@@ -223,7 +223,7 @@ class _FsspecBackend:
             with self.fs.open(self._full(path), "wb") as out:
                 shutil.copyfileobj(buf, out, _COPY_CHUNK)
 
-        return spooled_writer(commit)
+        return spooled_writer(commit, self.location(path))
 
     def remove(self, path: str) -> None:
         if not self.exists(path):
@@ -542,7 +542,7 @@ class _ZipBackend:
                     shutil.copyfileobj(buf, dst, _COPY_CHUNK)
                 self._added(path)
 
-        return spooled_writer(commit)
+        return spooled_writer(commit, self.location(path))
 
     def remove(self, path: str) -> None:
         with self.txn.lock:

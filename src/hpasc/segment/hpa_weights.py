@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from hpasc.errors import InputError, OutputError
+from hpasc.io.atomic import atomic_open
 
 ZENODO_RECORD = "4665863"
 #: Files of the Zenodo record, by role.
@@ -317,35 +318,32 @@ def _fetch(
     progress: Callable[[str, int, int | None], None] | None,
     timeout: float,
 ) -> Downloaded:
-    partial = target.with_name(f".{target.name}.part")
     digest = hashlib.md5()
     done = 0
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length else (known[0] if known else None)
-            with open(partial, "wb") as out:
+        # The file appears under its name only once complete and verified; any error drops it.
+        with atomic_open(target) as out:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length else (known[0] if known else None)
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
                     done += len(chunk)
                     if progress:
                         progress(target.name, done, total)
+            md5 = digest.hexdigest()
+            problem = None
+            if length and done != int(length):
+                problem = f"got {done} bytes, the server announced {length}"
+            elif known and done != known[0]:
+                problem = f"got {done} bytes, the record lists {known[0]}"
+            elif known and md5 != known[1]:
+                problem = f"MD5 {md5} differs from the published {known[1]}"
+            if problem:
+                raise InputError(f"download of {url} is corrupt: {problem}; run the command again")
     except (urllib.error.URLError, OSError) as exc:
-        partial.unlink(missing_ok=True)
         raise InputError(f"cannot download {url}: {exc}") from None
-    md5 = digest.hexdigest()
-    problem = None
-    if length and done != int(length):
-        problem = f"got {done} bytes, the server announced {length}"
-    elif known and done != known[0]:
-        problem = f"got {done} bytes, the record lists {known[0]}"
-    elif known and md5 != known[1]:
-        problem = f"MD5 {md5} differs from the published {known[1]}"
-    if problem:
-        partial.unlink(missing_ok=True)
-        raise InputError(f"download of {url} is corrupt: {problem}; run the command again")
-    os.replace(partial, target)
     return Downloaded(target, done, md5, known is not None, False)
 
 

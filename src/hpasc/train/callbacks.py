@@ -10,12 +10,15 @@ epoch and index, modules by global step) and everything drawn from the global ge
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+
+from hpasc.io.atomic import atomic_write
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -99,7 +102,6 @@ def drop_rows_from(csv_file: Path, step: int) -> None:
     kept = [rows[0]] + [r for r in rows[1:] if not r[col] or float(r[col]) < step]
     if len(kept) == len(rows):
         return
-    tmp = csv_file.with_name(f".{csv_file.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows(kept)
-    tmp.replace(csv_file)
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(kept)
+    atomic_write(csv_file, text.getvalue())
