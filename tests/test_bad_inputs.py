@@ -496,9 +496,9 @@ ZIP_CASES = [
         lambda c: ["o.zip/i.zip/x", "more than one .zip"],
     ),
     Case(
-        "resize zip on a URL",
-        lambda c: ["resize", "memory://b/x.zip/imgs", "out", "-s", "8"],
-        lambda c: ["memory://b/x.zip/imgs", "local paths only"],
+        "resize into a zip on a URL",
+        lambda c: ["resize", c.data / "images", "memory://b/x.zip/out", "-s", "8"],
+        lambda c: ["memory://b/x.zip", "read-only"],
     ),
     Case(
         "crop mask missing in zip",
