@@ -191,14 +191,14 @@ def _local_writer(target: Path) -> AtomicFile:
     return AtomicFile(raw, commit, abort, str(target))
 
 
-def _url_writer(url: str) -> AtomicFile:
-    fs, path = fsspec.core.url_to_fs(url)
+def fs_writer(fs: fsspec.AbstractFileSystem, path: str, where: str) -> AtomicFile:
+    """A buffered writer uploading to ``path`` of ``fs`` on close (``where`` names it)."""
 
     def commit(buf: IO[bytes]) -> None:
         with fs.open(path, "wb") as out:
             shutil.copyfileobj(buf, out, _COPY_CHUNK)
 
-    return spooled_writer(commit, url)
+    return spooled_writer(commit, where)
 
 
 def _local(target: str | os.PathLike) -> Path | None:
@@ -227,7 +227,10 @@ def atomic_open(target: str | os.PathLike) -> AtomicFile:
     True
     """
     local = _local(target)
-    return _local_writer(local) if local is not None else _url_writer(os.fspath(target))
+    if local is not None:
+        return _local_writer(local)
+    fs, path = fsspec.core.url_to_fs(os.fspath(target))
+    return fs_writer(fs, path, os.fspath(target))
 
 
 def atomic_write(target: str | os.PathLike, data: bytes | str, encoding: str = "utf-8") -> None:

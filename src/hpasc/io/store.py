@@ -40,6 +40,7 @@ from hpasc.io.atomic import (
     AtomicFile,
     atomic_open,
     atomic_write,
+    fs_writer,
     is_tmp,
     remove_dead_temporaries,
     spooled_writer,
@@ -219,11 +220,7 @@ class _FsspecBackend:
         self.fs.pipe_file(self._full(path), bytes(data))
 
     def open_write(self, path: str) -> AtomicFile:
-        def commit(buf: IO[bytes]) -> None:
-            with self.fs.open(self._full(path), "wb") as out:
-                shutil.copyfileobj(buf, out, _COPY_CHUNK)
-
-        return spooled_writer(commit, self.location(path))
+        return fs_writer(self.fs, self._full(path), self.location(path))
 
     def remove(self, path: str) -> None:
         if not self.exists(path):
