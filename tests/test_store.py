@@ -356,6 +356,9 @@ def test_chained_zip_urls_on_a_local_archive(tmp_path):
         assert s.read_bytes("d/b.txt") == b"B"
     whole = Store(f"zip::{path.as_uri()}")
     assert whole.list(recursive=True) == ["sub/a.txt", "sub/d/b.txt"]
+    d = whole.sub("sub").sub("d")
+    assert d.url == f"zip://sub/d::{path.as_uri()}" and d.list() == ["b.txt"]
+    assert pickle.loads(pickle.dumps(d)).read_bytes("b.txt") == b"B"  # workers reopen the URL
     with Store(f"zip://sub::{path.as_uri()}") as s:  # a local archive stays writable
         s.write_bytes("c.txt", b"C")
     assert Store(path / "sub").list() == ["a.txt", "c.txt"]

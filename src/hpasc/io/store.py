@@ -782,6 +782,9 @@ class Store:
     def sub(self, name: str | os.PathLike) -> Store:
         """The sub-folder ``name`` as a Store of the same kind (sharing pending zip writes)."""
         path = self._path(name)
+        head, chained, archive = self.url.partition("::")
+        if chained and head.lower().startswith("zip"):  # the folder goes before the archive
+            return Store._view(f"zip://{path}::{archive}", self._backend, path)
         return Store._view(_join(self.url.rstrip("/"), clean_name(name)), self._backend, path)
 
     def local_path(self, name: str | os.PathLike) -> Path | None:
