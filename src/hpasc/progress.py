@@ -57,9 +57,10 @@ def track(
 ) -> Iterator[T]:
     """Yield ``items`` while a :func:`bar` counts them (``total``: default ``len(items)`` if any).
 
-    With ``enabled=False`` the items pass through and nothing is drawn.
+    With ``enabled=False``, or when stderr is no terminal, the items pass through and nothing is
+    drawn (a stopped transient bar would still leave an empty line in a log).
     """
-    if not enabled:
+    if not enabled or not Console(**CONSOLE_KWARGS).is_terminal:
         yield from items
         return
     with bar(transient=transient) as progress:
