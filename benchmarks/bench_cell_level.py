@@ -57,9 +57,9 @@ def split_held_out(data: Path, seed: int, held_out_fold: int = 0, n_parts: int =
 def train_cam(args, data: Path, work: Path):
     """K CAM fold models on the training fields; their joined OOF table and their fold folders."""
     from hpasc.cells import write_table
-    from hpasc.oof import join_oof
-    from hpasc.train.cam_config import load_image_level_config
+    from hpasc.predict.oof import join_oof
     from hpasc.train.image_level import train_fold
+    from hpasc.train.image_level_config import load_image_level_config
 
     overrides = [f"data.root={data}", f"data.n_folds={args.cam_folds}"]
     if args.cam_epochs is not None:
@@ -78,8 +78,8 @@ def train_cell(args, data: Path, work: Path, soft: bool):
     image labels); its validation fold is the held-out fields. Returns its held-out cell table."""
     import pandas as pd
 
-    from hpasc.train.cell_config import load_cell_level_config
     from hpasc.train.cell_level import train_fold
+    from hpasc.train.cell_level_config import load_cell_level_config
 
     overrides = [f"data.root={data}", "data.n_folds=2"]
     if args.cell_epochs is not None:
@@ -121,10 +121,11 @@ def main() -> None:
 
     from hpasc.cells import average_tables, broadcast_image_table
     from hpasc.io.store import Store
-    from hpasc.predict import PredictOptions, predict_fields
+    from hpasc.predict.base import PredictOptions
+    from hpasc.predict.image_level import predict_fields
     from hpasc.prepare import crop_set
     from hpasc.synth import synthesize
-    from hpasc.train.cell_metric import read_solution
+    from hpasc.train.validation import read_solution
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(args.work or tempfile.mkdtemp(prefix="hpasc-bench-cell-"))

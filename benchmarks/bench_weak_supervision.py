@@ -29,7 +29,7 @@ def score_rows(
 
     Returns (scores by name, gain).
     """
-    from hpasc.train.cell_metric import competition_map
+    from hpasc.train.validation import competition_map
 
     scores = {name: competition_map(table, fields, solution) for name, table in rows}
     print(f"{header:<{width}} {'mAP@0.6':>8}")
@@ -67,9 +67,9 @@ def run_benchmark(args, work: Path) -> None:
     from hpasc.classes import read_labels
     from hpasc.io.store import Store
     from hpasc.synth import synthesize
-    from hpasc.train.cam_config import load_image_level_config
-    from hpasc.train.cell_metric import read_solution
     from hpasc.train.image_level import train_fold
+    from hpasc.train.image_level_config import load_image_level_config
+    from hpasc.train.validation import read_solution
 
     data = work / "data"
     t0 = time.perf_counter()

@@ -98,8 +98,8 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, views: int, device, bf16
 def rows(sz: Sizes, device: torch.device) -> list[tuple[str, str]]:
     from hpasc.models.cam import CAMClassifier, CAMModelConfig
     from hpasc.models.cell import CellClassifier, CellModelConfig
-    from hpasc.predict import predict_batch
-    from hpasc.predict_cells import predict_crops
+    from hpasc.predict.cell_level import predict_crops
+    from hpasc.predict.image_level import predict_batch
     from hpasc.segment.dpn_unet import DPNUnet
 
     out = []

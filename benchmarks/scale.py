@@ -208,7 +208,7 @@ def _cam_pass(side: int, tmp: Path) -> Callable[[], object]:
     import torch
 
     from hpasc.models.cam import CAMClassifier, CAMModelConfig
-    from hpasc.predict import predict_batch
+    from hpasc.predict.image_level import predict_batch
 
     image, mask = _field(side)
     image = torch.from_numpy(cv2.resize(image, (768, 768))).permute(2, 0, 1)[None].float()
@@ -224,7 +224,7 @@ def _cell_pass(side: int, tmp: Path) -> Callable[[], object]:
     import torch
 
     from hpasc.models.cell import CellClassifier, CellModelConfig
-    from hpasc.predict_cells import predict_crops
+    from hpasc.predict.cell_level import predict_crops
 
     crops = torch.randint(0, 256, (CELLS, 8, 192, 192), dtype=torch.uint8)
     model = CellClassifier(CellModelConfig(arch="resnest50d")).eval()

@@ -38,7 +38,7 @@ def data(tmp_path_factory) -> Path:
 def fold(tmp_path_factory, data) -> Path:
     """A fold folder with an image-level config (what `predict` reads before the weights)."""
     from hpasc.config import dump_config
-    from hpasc.train.cam_config import load_image_level_config
+    from hpasc.train.image_level_config import load_image_level_config
 
     path = tmp_path_factory.mktemp("run") / "fold-0"
     dump_config(load_image_level_config(TINY_CAM, [f"data.root={data}"]), path / "config.yaml")

@@ -14,7 +14,7 @@ import torch
 from cam_helpers import ROOT, synth_data, tiny_config
 from hpasc.cells import make_table
 from hpasc.data.fields import FieldDataset, FieldTable, collate_fields, load_field_table
-from hpasc.train.cam_module import CAMConsistencyModule
+from hpasc.train.image_level_module import CAMConsistencyModule
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_d4_tta_gives_the_same_cells_for_a_flipped_or_rotated_field(data, tmp_pa
     from hpasc.io.images import read_field, read_mask
     from hpasc.io.store import Store
     from hpasc.models.cam import CAMClassifier
-    from hpasc.predict import predict_dataset
+    from hpasc.predict.image_level import predict_dataset
 
     cfg = tiny_config(data)
     src_images, src_masks = Store(str(data / "images")), Store(str(data / "masks"))
@@ -219,7 +219,7 @@ def test_ddp_on_cpu_two_processes(data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stderr + proc.stdout
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
-    from hpasc.predict import load_fold
+    from hpasc.predict.image_level import load_fold
 
     model, cfg = load_fold(tmp_path / "run" / "fold-0")
     assert cfg.trainer.devices == "2"

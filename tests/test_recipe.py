@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from hpasc.errors import ConfigError
-from hpasc.recipe import STEP_KINDS, StepFailed, load_recipe, plan, run_recipe, step_kind
+from hpasc.pipeline.recipe import STEP_KINDS, StepFailed, load_recipe, plan, run_recipe, step_kind
 
 CALLS: list[str] = []
 
@@ -189,7 +189,7 @@ def test_force_cli_names_the_dependents(tmp_path, cli):
 
 
 def test_demo_plan_force_reaches_everything_downstream(tmp_path):
-    from hpasc.recipe import forced_steps
+    from hpasc.pipeline.recipe import forced_steps
 
     demo = Path(__file__).resolve().parents[1] / "src/hpasc/configs/recipes/demo.yaml"
     r = load_recipe(demo, work=tmp_path / "w")

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from hpasc.recipe import TaskContext, load_recipe, resolve, run_recipe
-from hpasc.steps import find_config
+from hpasc.pipeline.recipe import TaskContext, load_recipe, resolve, run_recipe
+from hpasc.pipeline.steps import find_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "configs" / "recipes"
 PFCELL = RECIPES / "pfcell-2021.yaml"
 LOADERS = {
-    "train-image-level": "hpasc.train.cam_config:load_image_level_config",
-    "train-cell-level": "hpasc.train.cell_config:load_cell_level_config",
+    "train-image-level": "hpasc.train.image_level_config:load_image_level_config",
+    "train-cell-level": "hpasc.train.cell_level_config:load_cell_level_config",
 }
 STAGE1 = ["cam-b2-768", "cam-b5-768", "cam-b7-768", "cam-b2-1536"]
 STAGE2 = ["cam-b2-stage2", "cell-resnest50-768-stage2"]
@@ -105,7 +105,7 @@ def test_pfcell_until_prepared_is_the_whole_preparation(cli, tmp_path):
 
 
 def test_group_step_does_nothing_and_takes_no_keys(tmp_path):
-    from hpasc.recipe import StepFailed
+    from hpasc.pipeline.recipe import StepFailed
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(

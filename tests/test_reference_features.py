@@ -77,7 +77,7 @@ def test_small_cell_weights_follow_the_submission_rule():
 def test_area_weighting_changes_the_training_loss(tmp_path):
     from cam_helpers import synth_data, tiny_config
     from hpasc.data.fields import FieldDataset, collate_fields, load_field_table
-    from hpasc.train.cam_module import CAMConsistencyModule
+    from hpasc.train.image_level_module import CAMConsistencyModule
 
     data = synth_data(tmp_path / "s", n_images=4, size=128)
     with pytest.raises(ConfigError, match="set both or neither"):
@@ -120,8 +120,8 @@ def test_remove_maxpool_needs_a_resnet_stem():
 
 
 def test_cell_affine_augmentation():
-    from hpasc.train.cell_config import CellLevelConfig, validate
-    from hpasc.train.cell_module import CellLevelModule
+    from hpasc.train.cell_level_config import CellLevelConfig, validate
+    from hpasc.train.cell_level_module import CellLevelModule
 
     def module(**aug):
         cfg = CellLevelConfig()

@@ -36,8 +36,8 @@ def image_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cell_run(tmp_path_factory) -> Path:
     """fold 1 of the tiny cell-level config on random 16-pixel crops, one epoch."""
-    from hpasc.train.cell_config import load_cell_level_config
     from hpasc.train.cell_level import train_fold
+    from hpasc.train.cell_level_config import load_cell_level_config
 
     root = tmp_path_factory.mktemp("runs-cell")
     rng = np.random.default_rng(0)
@@ -104,8 +104,8 @@ def test_open_a_trained_cell_level_run(cell_run):
 
 
 def test_readers_load_models_through_the_run(image_run, cell_run):
-    from hpasc.predict import load_fold
-    from hpasc.predict_cells import load_cell_fold
+    from hpasc.predict.cell_level import load_cell_fold
+    from hpasc.predict.image_level import load_fold
 
     _, cfg = load_fold(runs.open_run(image_run).folds[0].path)
     assert cfg.model.arch == "test_efficientnet"
@@ -137,7 +137,7 @@ def test_a_fold_without_checkpoints(image_run, tmp_path):
         fold.checkpoint("last")
     with pytest.raises(InputError, match="fold-2: no checkpoints/best"):
         fold.checkpoint("best")
-    from hpasc.predict import load_fold
+    from hpasc.predict.image_level import load_fold
 
     with pytest.raises(InputError, match="checkpoint not found"):
         load_fold(fold_path)
@@ -160,7 +160,7 @@ def test_cli_names_a_folder_that_is_not_a_run(tmp_path, cli):
 
 
 def test_oof_asks_for_the_verb_of_the_run_kind(image_run, cell_run):
-    from hpasc.oof import join_oof
+    from hpasc.predict.oof import join_oof
 
     # the fold's expected fields are read from its config first, then its missing tables named
     with pytest.raises(InputError, match=r"valid_cells.parquet\); run `hpasc predict cell-level"):

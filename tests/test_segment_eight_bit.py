@@ -12,7 +12,7 @@ import pytest
 
 from hpasc.errors import InputError, OutputError
 from hpasc.io.store import Store
-from hpasc.recipe import load_recipe
+from hpasc.pipeline.recipe import load_recipe
 from hpasc.segment.sets import segment_set
 from hpasc.synth import synthesize
 

@@ -90,7 +90,7 @@ def predict_folds(
 
     from hpasc.errors import ConfigError
     from hpasc.io import runs
-    from hpasc.predict import write_predictions
+    from hpasc.predict.base import write_predictions
 
     folds = runs.find_fold_dirs(run)
     if split == "test":

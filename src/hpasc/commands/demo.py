@@ -26,7 +26,7 @@ def demo(
     import warnings
 
     from hpasc.config import config_search_path
-    from hpasc.recipe import load_recipe, run_recipe
+    from hpasc.pipeline.recipe import load_recipe, run_recipe
 
     if not verbose:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):

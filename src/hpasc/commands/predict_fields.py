@@ -41,8 +41,8 @@ def predict_fields(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo masks already in OUTPUT."),
 ) -> None:
     """Segment your fields, predict every cell with trained runs, write a per-cell table and overlays."""
-    from hpasc.apply import predict_fields_end_to_end
     from hpasc.commands._training import check_tta
+    from hpasc.pipeline.apply import predict_fields_end_to_end
 
     check_tta(tta)
 

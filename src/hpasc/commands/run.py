@@ -36,7 +36,7 @@ def run(
     ),
 ) -> None:
     """Run a recipe: steps in dependency order, finished work skipped, failures name the step and log."""
-    from hpasc.recipe import forced_steps, format_plan, load_recipe, plan, run_recipe
+    from hpasc.pipeline.recipe import forced_steps, format_plan, load_recipe, plan, run_recipe
 
     r = load_recipe(recipe, data=data, work=work)
     if force:

@@ -277,7 +277,7 @@ def source_fields(data_cfg) -> list[SourceFields]:
     reference stratified Kaggle train and public HPA separately).
     """
     from hpasc.classes import read_labels
-    from hpasc.train.cam_config import resolve_path
+    from hpasc.train.image_level_config import resolve_path
 
     if not data_cfg.sources:
         raise ConfigError("data.sources is empty: list at least one crop set with its labels")
@@ -310,7 +310,7 @@ def load_sources(
     reference did). ``crops`` replaces the crop set of every source.
     """
     from hpasc.data.fields import PseudoLabels
-    from hpasc.train.cam_config import resolve_path
+    from hpasc.train.image_level_config import resolve_path
 
     sets, tables = [], {}
     for fields in source_fields(data_cfg):

@@ -89,7 +89,7 @@ def load_field_table(data_cfg, check_images: bool = True) -> FieldTable:
     from hpasc.data.folds import make_folds, read_folds
     from hpasc.io.images import list_field_ids
     from hpasc.io.store import Store
-    from hpasc.train.cam_config import resolve_path
+    from hpasc.train.image_level_config import resolve_path
 
     if not data_cfg.sources:
         raise ConfigError("data.sources is empty: list at least one source (images, masks, labels)")

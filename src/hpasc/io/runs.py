@@ -17,7 +17,7 @@ Readers open a run with :func:`open_run` (or a list of runs and fold folders wit
 resolved config, input size, checkpoints, logs and validation tables. Training writes through
 the path functions below (:func:`fold_dir`, :func:`config_path`, :func:`checkpoint_dir`, …),
 so both sides share one layout. The config is the YAML mapping as written; typed loading stays
-with the config schemas (``hpasc.train.cam_config`` / ``cell_config``), above this layer.
+with the config schemas (``hpasc.train.image_level_config`` / ``cell_config``), above this layer.
 """
 
 from __future__ import annotations

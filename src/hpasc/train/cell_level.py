@@ -16,7 +16,7 @@ import lightning as L
 
 from hpasc.errors import ConfigError
 from hpasc.io import runs
-from hpasc.train.cell_config import CellLevelConfig
+from hpasc.train.cell_level_config import CellLevelConfig
 from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
 
 log = logging.getLogger("hpasc.train")
@@ -52,8 +52,8 @@ def _cell_metric(cfg: CellLevelConfig, fold: int):
 
     from hpasc.data.crops import source_fields
     from hpasc.io.store import Store
-    from hpasc.train.cam_config import resolve_path
-    from hpasc.train.cell_metric import CellMetric, read_solution
+    from hpasc.train.image_level_config import resolve_path
+    from hpasc.train.validation import CellMetric, read_solution
 
     if not cfg.validation.cell_metric:
         return None
@@ -91,7 +91,7 @@ def train_fold(
 
     from hpasc.config import dump_config
     from hpasc.data.crops import CropStream, load_sources, stream_loader, uniform_loader
-    from hpasc.train.cell_module import CellLevelModule
+    from hpasc.train.cell_level_module import CellLevelModule
     from hpasc.train.trainer import build_trainer, seed_everything
 
     cfg = absolute_data_root(cfg)
@@ -149,6 +149,6 @@ def predict_fold_valid(
     fold_path: str | Path, device: str = "auto", progress: bool = True
 ) -> tuple[Path, Path]:
     """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold."""
-    from hpasc.predict_cells import predict_cell_valid
+    from hpasc.predict.cell_level import predict_cell_valid
 
     return write_fold_valid(predict_cell_valid, fold_path, device, progress)

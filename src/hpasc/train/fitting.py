@@ -134,7 +134,7 @@ def write_fold_valid(
 
     ``predict_valid(fold_path, options)`` returns the fold's (cell table, image-level table).
     """
-    from hpasc.predict import PredictOptions, write_predictions
+    from hpasc.predict.base import PredictOptions, write_predictions
 
     fold_path = Path(fold_path)
     cells, images = predict_valid(fold_path, PredictOptions(device=device, progress=progress))

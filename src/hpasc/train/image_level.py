@@ -15,8 +15,8 @@ import numpy as np
 
 from hpasc.data.augment import GreenSynthesis
 from hpasc.io import runs
-from hpasc.train.cam_config import ImageLevelConfig, resolve_path
 from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
+from hpasc.train.image_level_config import ImageLevelConfig, resolve_path
 
 log = logging.getLogger("hpasc.train")
 
@@ -39,7 +39,7 @@ def _pseudo_labels(cfg: ImageLevelConfig):
 def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
     """The competition-metric hook when every validation field's source has a solution and
     validation sees whole fields; None otherwise."""
-    from hpasc.train.cell_metric import CellMetric, read_solution
+    from hpasc.train.validation import CellMetric, read_solution
 
     if (
         not cfg.validation.cell_metric
@@ -99,7 +99,7 @@ def train_fold(
     from hpasc.config import dump_config
     from hpasc.data.fields import FieldDataset, load_field_table
     from hpasc.train.callbacks import DatasetEpoch
-    from hpasc.train.cam_module import CAMConsistencyModule
+    from hpasc.train.image_level_module import CAMConsistencyModule
     from hpasc.train.trainer import build_trainer, seed_everything
 
     cfg = absolute_data_root(cfg)
@@ -155,6 +155,6 @@ def predict_fold_valid(
     fold_path: str | Path, device: str = "auto", progress: bool = True
 ) -> tuple[Path, Path]:
     """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold."""
-    from hpasc.predict import predict_valid
+    from hpasc.predict.image_level import predict_valid
 
     return write_fold_valid(predict_valid, fold_path, device, progress)

@@ -15,7 +15,7 @@ from hpasc.data.crops import SAMPLINGS, CropSourceConfig
 from hpasc.errors import ConfigError
 from hpasc.models.cell import HEADS, INPUT_RANGES, CellModelConfig
 from hpasc.models.losses import OBJECTIVES
-from hpasc.train.cam_config import (
+from hpasc.train.image_level_config import (
     INFERENCE_PRECISIONS,
     ValidationConfig,
     check_choice,

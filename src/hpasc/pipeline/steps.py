@@ -6,7 +6,7 @@ keys hold paths (``paths=``): only those are anchored at the current directory
 (:func:`hpasc.paths.anchor`) and fingerprinted as inputs; any other string (a class name, a
 ``preset``, an ``interpolation``) is a plain value, whatever it looks like.
 
-This module imports nothing from :mod:`hpasc.recipe`; the recipe machinery imports the registry.
+This module imports nothing from :mod:`hpasc.pipeline.recipe`; the recipe machinery imports the registry.
 """
 
 from __future__ import annotations
@@ -311,8 +311,8 @@ def _config_settings(loader: str, keys: tuple[str, ...]):
     return settings
 
 
-_CAM_LOADER = "hpasc.train.cam_config:load_image_level_config"
-_CELL_LOADER = "hpasc.train.cell_config:load_cell_level_config"
+_CAM_LOADER = "hpasc.train.image_level_config:load_image_level_config"
+_CELL_LOADER = "hpasc.train.cell_level_config:load_cell_level_config"
 #: what the plan shows of a training task (the settings where the reference and hpasc differ)
 CAM_SETTINGS = ("trainer.precision", "predict.upsample", "predict.precision")
 CELL_SETTINGS = ("model.input_range", "data.sampling", "trainer.precision", "predict.precision")
@@ -360,8 +360,8 @@ def _list(value: Any) -> list[str]:
 @step_kind("oof", paths=("runs",))
 def oof_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """runs: trained step folder(s) -> ${out}/cells.parquet (+ images.parquet): out-of-fold predictions"""
-    from hpasc.oof import join_oof
-    from hpasc.predict import write_predictions
+    from hpasc.predict.base import write_predictions
+    from hpasc.predict.oof import join_oof
 
     p = _take(p, ctx, ("runs",), {})
     cells, images = join_oof(_list(p["runs"]))
@@ -405,7 +405,8 @@ def _average_image_tables(paths: list[Path], weights, out: Path) -> None:
 @step_kind("predict-image-level", paths=("runs", "images", "masks"))
 def predict_image_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """runs, images, masks, tta, upsample, precision, batch_size (None: the runs' predict.*) -> ${out}/cells.parquet + images.parquet (mean of the folds)"""
-    from hpasc.predict import PredictOptions, predict_fields, write_predictions
+    from hpasc.predict.base import PredictOptions, write_predictions
+    from hpasc.predict.image_level import predict_fields
 
     p = _take(
         p,
@@ -425,8 +426,8 @@ def predict_image_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
 @step_kind("predict-cell-level", paths=("runs", "crops"))
 def predict_cell_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """runs, crops, tta, precision, batch_size (None: the runs' predict.*) -> ${out}/cells.parquet (+ images.parquet; mean of the folds)"""
-    from hpasc.predict import PredictOptions, write_predictions
-    from hpasc.predict_cells import predict_cell_fields
+    from hpasc.predict.base import PredictOptions, write_predictions
+    from hpasc.predict.cell_level import predict_cell_fields
 
     p = _take(p, ctx, ("runs", "crops"), {"tta": None, "precision": None, "batch_size": None})
     options = PredictOptions(tta=p["tta"], precision=p["precision"], batch_size=p["batch_size"])

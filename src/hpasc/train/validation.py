@@ -1,8 +1,10 @@
-"""The competition metric on validation cells (fields with per-cell ground truth, e.g. synthetic).
+"""What a training reports on its validation fields.
 
-Predictions are turned into submission rows with the masks the model saw (no small-cell
-post-processing) and scored with :func:`hpasc.metric.evaluate` against the ground truth of the
-same fields. The masks must have the solution's resolution (true for ``hpasc synth`` data).
+* classifier metrics of logits against multi-hot labels (mAP over classes, BCE, focal loss);
+* the competition metric on validation cells (fields with per-cell ground truth, e.g. synthetic):
+  predictions are turned into submission rows with the masks the model saw (no small-cell
+  post-processing) and scored with :func:`hpasc.metric.evaluate` against the ground truth of the
+  same fields. The masks must have the solution's resolution (true for ``hpasc synth`` data).
 """
 
 from __future__ import annotations
@@ -10,7 +12,42 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
+
+from hpasc.models.losses import focal_loss
+
+
+def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over classes with at least one positive of scikit-learn's average precision.
+
+    (The reference averaged over all 19 classes; a class without positives has no AP, so here it
+    is left out rather than counted as NaN/0.) Returns NaN when no class has a positive.
+    """
+    from sklearn.metrics import average_precision_score
+
+    aps = [
+        average_precision_score(y_true[:, k], scores[:, k])
+        for k in range(y_true.shape[1])
+        if y_true[:, k].max() > 0.5
+    ]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, gamma: float = 2.0
+) -> dict[str, float]:
+    """``map``, ``bce`` and ``focal`` of ``logits`` (N×C) against multi-hot ``labels``."""
+    lt, yt = (
+        torch.as_tensor(logits, dtype=torch.float32),
+        torch.as_tensor(labels, dtype=torch.float32),
+    )
+    return {
+        "map": mean_average_precision(labels, logits),
+        "bce": float(torch.nn.functional.binary_cross_entropy_with_logits(lt, yt)),
+        "focal": float(focal_loss(lt, yt, gamma)),
+    }
 
 
 def read_solution(path: str) -> pd.DataFrame:

@@ -34,8 +34,8 @@ def train_cell_level(
     run_dir: Path = RUN_DIR,
 ) -> None:
     """Train a cell-level crop classifier (soft or image labels) on one fold or all folds."""
-    from hpasc.train.cell_config import load_cell_level_config
     from hpasc.train.cell_level import train_fold
+    from hpasc.train.cell_level_config import load_cell_level_config
 
     train_folds(load_cell_level_config, train_fold, config, overrides, fold, resume, run_dir)
 
@@ -69,8 +69,8 @@ def predict_cell_level(
     device: str = DEVICE,
 ) -> None:
     """Predict per-cell probabilities with cell-level runs (optional D4 TTA, mean of the folds)."""
-    from hpasc.predict import PredictOptions
-    from hpasc.predict_cells import predict_cell_fields, predict_cell_valid
+    from hpasc.predict.base import PredictOptions
+    from hpasc.predict.cell_level import predict_cell_fields, predict_cell_valid
 
     check_split(split)
     check_tta(tta)

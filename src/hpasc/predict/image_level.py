@@ -14,8 +14,6 @@ but do appear in the image-level table.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,95 +21,26 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hpasc.cells import make_table
 from hpasc.classes import NUM_CLASSES
 from hpasc.data.augment import D4_SIZE, d4_inverse, d4_transform
+from hpasc.data.fields import FieldDataset, FieldTable, collate_fields, load_field_table
 from hpasc.errors import InputError
 from hpasc.io import runs
-from hpasc.io.atomic import atomic_open
+from hpasc.io.images import list_field_ids
 from hpasc.models.cam import CAMClassifier, upsample_cam
 from hpasc.models.pooling import cell_mean_pool
+from hpasc.predict.base import (
+    TTA_MODES,
+    PredictOptions,
+    _open,
+    inference_autocast,
+    load_fold_model,
+    make_image_table,
+    resolve_device,
+)
 from hpasc.progress import track
-
-TTA_MODES = ("d4", "none")
-
-
-# ------------------------------------------------------------------------------ image table
-
-
-def make_image_table(image_ids: Sequence[str], probs: np.ndarray) -> pd.DataFrame:
-    """Image-level table: ``image_id`` and ``p00…p18`` (float32)."""
-    from hpasc.cells import PROB_COLUMNS
-
-    probs = np.asarray(probs, dtype=np.float32).reshape(len(image_ids), NUM_CLASSES)
-    data = {"image_id": pd.Series([str(i) for i in image_ids], dtype=object)}
-    data.update({c: probs[:, k] for k, c in enumerate(PROB_COLUMNS)})
-    return pd.DataFrame(data)
-
-
-def read_image_table(path: str | Path) -> pd.DataFrame:
-    from hpasc.cells import PROB_COLUMNS
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image-level table {path} not found")
-    df = pd.read_parquet(path)
-    missing = {"image_id", *PROB_COLUMNS} - set(df.columns)
-    if missing:
-        raise InputError(f"image-level table {path}: missing columns {sorted(missing)}")
-    return df
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    with atomic_open(path) as f:
-        df.to_parquet(f, index=False)
-
-
-def image_table_path(cell_table_path: str | Path) -> Path:
-    """Default path of the image-level table beside a cell table: ``x.parquet`` → ``x.images.parquet``."""
-    p = Path(cell_table_path)
-    stem = p.name[: -len(".parquet")] if p.name.endswith(".parquet") else p.name
-    return p.with_name(f"{stem}.images.parquet")
-
-
-def write_predictions(
-    cells: pd.DataFrame,
-    images: pd.DataFrame,
-    cell_path: str | Path,
-    image_path: str | Path | None = None,
-) -> tuple[Path, Path]:
-    """Write both tables atomically; returns their paths."""
-    from hpasc.cells import write_table
-
-    cell_path = Path(cell_path)
-    image_path = Path(image_path) if image_path else image_table_path(cell_path)
-    write_table(cells, cell_path)
-    _write_parquet(images, image_path)
-    return cell_path, image_path
-
-
-# ---------------------------------------------------------------------------------- models
-
-
-def load_fold_model(
-    fold_path: str | Path,
-    load_config,
-    model_cls,
-    checkpoint: str | None = None,
-    device: str | torch.device = "cpu",
-):
-    """A fold folder's network (``model_cls(cfg.model)``, checkpoint weights) in eval mode, and
-    its config (``load_config(fold_path/config.yaml)``).
-
-    ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
-    """
-    from hpasc.models.weights import load_weights
-
-    fold = runs.open_fold(fold_path)
-    cfg = load_config(fold.config_path)
-    # weights come from the checkpoint: no ImageNet download, no init_from file needed
-    model = model_cls(dataclasses.replace(cfg.model, pretrained=False, init_from=None))
-    load_weights(model, fold.checkpoint(checkpoint or cfg.predict.checkpoint))
-    return model.to(device).eval(), cfg
+from hpasc.train.image_level_config import load_image_level_config
 
 
 def load_fold(
@@ -121,26 +50,8 @@ def load_fold(
 
     ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
     """
-    from hpasc.train.cam_config import load_image_level_config
 
     return load_fold_model(fold_path, load_image_level_config, CAMClassifier, checkpoint, device)
-
-
-def inference_autocast(device: torch.device, precision: str = "auto"):
-    """The autocast context of ``precision`` (a config's ``predict.precision``) on ``device``.
-
-    ``auto``: bf16 (else fp16) autocast on CUDA; ``32-true``: none (fp32, as the reference
-    predicted); ``bf16-mixed`` / ``16-mixed``: that dtype. Always a no-op on CPU.
-    """
-    if device.type != "cuda" or precision == "32-true":
-        return contextlib.nullcontext()
-    if precision == "auto":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    elif precision in ("bf16-mixed", "16-mixed"):
-        dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
-    else:
-        raise ValueError(f"unknown inference precision {precision!r}")
-    return torch.autocast("cuda", dtype=dtype)
 
 
 @torch.no_grad()
@@ -200,9 +111,6 @@ def predict_dataset(
     """Cell table and image-level table of every field of a ``FieldDataset`` in predict mode."""
     from torch.utils.data import DataLoader
 
-    from hpasc.cells import make_table
-    from hpasc.data.fields import collate_fields
-
     device = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     image_ids, image_probs = [], []
@@ -253,34 +161,6 @@ def predict_dataset(
     return cells.reset_index(drop=True), images
 
 
-# -------------------------------------------------------------------------------- run level
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictOptions:
-    tta: str | None = None  # "d4", "none"; None: the run's predict.tta
-    upsample: str | None = None  # None: the run's predict.upsample
-    precision: str | None = None  # None: the run's predict.precision
-    checkpoint: str | None = None  # None: the run's predict.checkpoint
-    batch_size: int | None = None
-    num_workers: int = 0
-    device: str = "auto"
-    progress: bool = True
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; any other name as given (``cuda:1``)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _open(path: str | None):
-    from hpasc.io.store import Store
-
-    return Store(path) if path else None
-
-
 def predict_valid(
     fold_path: str | Path,
     options: PredictOptions = PredictOptions(),
@@ -292,7 +172,6 @@ def predict_valid(
     The fields and their stores come from the fold's config; ``images``/``masks`` replace the
     stores (e.g. masks made at another resolution).
     """
-    from hpasc.data.fields import FieldDataset, load_field_table
 
     fold_path = Path(fold_path)
     device = resolve_device(options.device)
@@ -319,8 +198,6 @@ def predict_fields(
     ids: Sequence[str] | None = None,
 ):
     """Predict every field of ``images`` (or ``ids``) with the mean of the given fold models."""
-    from hpasc.data.fields import FieldDataset, FieldTable
-    from hpasc.io.images import list_field_ids
 
     if not fold_paths:
         raise InputError("no fold folders to predict with")

@@ -35,8 +35,8 @@ from hpasc.data.augment import (
 )
 from hpasc.models.cell import build_cell_model
 from hpasc.models.losses import focal_loss_elementwise
-from hpasc.train.metrics import classification_metrics
 from hpasc.train.optim import configure_optimizers
+from hpasc.train.validation import classification_metrics
 
 
 def crops_to_input(x: torch.Tensor, input_range: str = "unit") -> torch.Tensor:
@@ -79,7 +79,7 @@ def keep_easiest(losses: torch.Tensor, exclude: float) -> torch.Tensor:
 
 
 class CellLevelModule(L.LightningModule):
-    """LightningModule of a :class:`~hpasc.train.cell_config.CellLevelConfig`.
+    """LightningModule of a :class:`~hpasc.train.cell_level_config.CellLevelConfig`.
 
     Batches are ``(crops uint8 B×8×S×S, targets B×19, rows B)`` from
     :class:`hpasc.data.crops.CropStream`; rows ``-1`` are padding (validation only).

@@ -45,8 +45,9 @@ def predict_fields_end_to_end(
     from hpasc.classes import CLASS_NAMES
     from hpasc.io import images as imio
     from hpasc.io.store import Store
-    from hpasc.predict import PredictOptions, predict_fields
-    from hpasc.predict_cells import predict_cell_fields
+    from hpasc.predict.base import PredictOptions
+    from hpasc.predict.cell_level import predict_cell_fields
+    from hpasc.predict.image_level import predict_fields
     from hpasc.prepare import crop_set, resize_set
     from hpasc.segment.sets import segment_set
     from hpasc.viz import field_overlay, png_bytes, top_class

@@ -26,7 +26,7 @@ from hpasc.classes import NUM_CLASSES
 from hpasc.data.augment import D4_SIZE, d4_transform
 from hpasc.errors import InputError
 from hpasc.io import runs
-from hpasc.predict import (
+from hpasc.predict.base import (
     PredictOptions,
     inference_autocast,
     load_fold_model,
@@ -46,7 +46,7 @@ def load_cell_fold(
     ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
     """
     from hpasc.models.cell import CellClassifier
-    from hpasc.train.cell_config import load_cell_level_config
+    from hpasc.train.cell_level_config import load_cell_level_config
 
     return load_fold_model(fold_path, load_cell_level_config, CellClassifier, checkpoint, device)
 
@@ -61,9 +61,9 @@ def predict_crops(
     """Mean over models and TTA passes of the sigmoid of the logits: B×19 probabilities.
 
     ``crops`` B×8×S×S, uint8 (each model scales them by its ``input_range``) or floats.
-    ``precision``: see :func:`hpasc.predict.inference_autocast`.
+    ``precision``: see :func:`hpasc.predict.base.inference_autocast`.
     """
-    from hpasc.train.cell_module import crops_to_input
+    from hpasc.train.cell_level_module import crops_to_input
 
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")

@@ -34,8 +34,8 @@ def train_image_level(
     run_dir: Path = RUN_DIR,
 ) -> None:
     """Train an image-level CAM-consistency model on one fold or all folds."""
-    from hpasc.train.cam_config import load_image_level_config
     from hpasc.train.image_level import train_fold
+    from hpasc.train.image_level_config import load_image_level_config
 
     train_folds(load_image_level_config, train_fold, config, overrides, fold, resume, run_dir)
 
@@ -73,7 +73,8 @@ def predict_image_level(
     device: str = DEVICE,
 ) -> None:
     """Predict per-cell probabilities with image-level runs (CAM mean in each cell, optional D4 TTA)."""
-    from hpasc.predict import PredictOptions, predict_fields, predict_valid
+    from hpasc.predict.base import PredictOptions
+    from hpasc.predict.image_level import predict_fields, predict_valid
 
     check_split(split)
     check_tta(tta)
@@ -109,8 +110,8 @@ def oof(
     ),
 ) -> None:
     """Join each fold's validation predictions into one out-of-fold table over all training fields."""
-    from hpasc.oof import join_oof
-    from hpasc.predict import write_predictions
+    from hpasc.predict.base import write_predictions
+    from hpasc.predict.oof import join_oof
 
     cells, images = join_oof(runs_)
     paths = write_predictions(cells, images, output, image_output)

@@ -41,7 +41,7 @@ from hpasc.errors import ConfigError, HpascError
 from hpasc.io.atomic import atomic_write
 from hpasc.io.runs import fold_dir
 from hpasc.paths import anchor
-from hpasc.steps import STEP_KINDS, StepKind, TaskContext, step_kind
+from hpasc.pipeline.steps import STEP_KINDS, StepKind, TaskContext, step_kind
 
 # re-exported: recipes and their step kinds are used through this module
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
     "step_kind",
 ]
 
-log = logging.getLogger("hpasc.recipe")
+log = logging.getLogger("hpasc.pipeline.recipe")
 
 DONE_FILE = ".hpasc-done.json"
 RUNNING_FILE = ".hpasc-running.json"

@@ -28,8 +28,8 @@ from hpasc.data.augment import affine, cutmix, inverse_cutmix, sample_affine, sa
 from hpasc.models.cam import build_cam_model, cell_logits, upsample_cam
 from hpasc.models.losses import classification_loss, consistency_loss, small_cell_weights
 from hpasc.models.pooling import cell_mean_pool
-from hpasc.train.metrics import classification_metrics
 from hpasc.train.optim import configure_optimizers
+from hpasc.train.validation import classification_metrics
 
 
 def cell_predictions(
@@ -56,7 +56,7 @@ def _all_gather(obj: Any) -> list[Any]:
 
 
 class CAMConsistencyModule(L.LightningModule):
-    """LightningModule of an :class:`~hpasc.train.cam_config.ImageLevelConfig`.
+    """LightningModule of an :class:`~hpasc.train.image_level_config.ImageLevelConfig`.
 
     ``cell_metric``: optional callable taking a cell table of the validation fields
     (``image_id, cell_id, p00…p18``) and returning the competition mAP. ``load_init=False``

@@ -1,0 +1,1 @@
+"""Whole runs: recipes (task graph, step kinds) and end-to-end prediction of new fields."""
