@@ -58,8 +58,8 @@ def train_cam(args, data: Path, work: Path):
     """K CAM fold models on the training fields; their joined OOF table and their fold folders."""
     from hpasc.cells import write_table
     from hpasc.predict.oof import join_oof
+    from hpasc.runconfig.image_level import load_image_level_config
     from hpasc.train.image_level import train_fold
-    from hpasc.train.image_level_config import load_image_level_config
 
     overrides = [f"data.root={data}", f"data.n_folds={args.cam_folds}"]
     if args.cam_epochs is not None:
@@ -78,8 +78,8 @@ def train_cell(args, data: Path, work: Path, soft: bool):
     image labels); its validation fold is the held-out fields. Returns its held-out cell table."""
     import pandas as pd
 
+    from hpasc.runconfig.cell_level import load_cell_level_config
     from hpasc.train.cell_level import train_fold
-    from hpasc.train.cell_level_config import load_cell_level_config
 
     overrides = [f"data.root={data}", "data.n_folds=2"]
     if args.cell_epochs is not None:

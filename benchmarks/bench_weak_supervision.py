@@ -66,9 +66,9 @@ def run_benchmark(args, work: Path) -> None:
     from hpasc.cells import PROB_COLUMNS, broadcast_image_table, make_table
     from hpasc.classes import read_labels
     from hpasc.io.store import Store
+    from hpasc.runconfig.image_level import load_image_level_config
     from hpasc.synth import synthesize
     from hpasc.train.image_level import train_fold
-    from hpasc.train.image_level_config import load_image_level_config
     from hpasc.train.validation import read_solution
 
     data = work / "data"

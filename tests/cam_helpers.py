@@ -14,6 +14,6 @@ def synth_data(path: Path, n_images: int = 12, size: int = 160, seed: int = 3) -
 
 
 def tiny_config(data: Path, *overrides: str):
-    from hpasc.train.image_level_config import load_image_level_config
+    from hpasc.runconfig.image_level import load_image_level_config
 
     return load_image_level_config(TINY, [f"data.root={data}", *overrides])

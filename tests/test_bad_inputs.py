@@ -37,8 +37,8 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fold(tmp_path_factory, data) -> Path:
     """A fold folder with an image-level config (what `predict` reads before the weights)."""
-    from hpasc.config import dump_config
-    from hpasc.train.image_level_config import load_image_level_config
+    from hpasc.io.runs import dump_config
+    from hpasc.runconfig.image_level import load_image_level_config
 
     path = tmp_path_factory.mktemp("run") / "fold-0"
     dump_config(load_image_level_config(TINY_CAM, [f"data.root={data}"]), path / "config.yaml")

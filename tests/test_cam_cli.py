@@ -8,8 +8,8 @@ import pytest
 from cam_helpers import ROOT, synth_data
 from hpasc.errors import ConfigError, InputError
 from hpasc.predict.oof import join_oof
+from hpasc.runconfig.image_level import load_image_level_config
 from hpasc.train.image_level import train_fold
-from hpasc.train.image_level_config import load_image_level_config
 
 CONFIGS = sorted((ROOT / "configs" / "image-level").glob("*.yaml"))
 

@@ -25,7 +25,7 @@ from hpasc.data.fields import PseudoLabels
 from hpasc.errors import InputError
 from hpasc.io.store import Store
 from hpasc.prepare import write_crops
-from hpasc.train.cell_level_config import CellDataConfig, CellLevelConfig, validate
+from hpasc.runconfig.cell_level import CellDataConfig, CellLevelConfig, validate
 from hpasc.train.cell_level_module import (
     CellLevelModule,
     keep_easiest,
@@ -356,8 +356,8 @@ class _Epochs(L.Callback):
 
 def test_resume_continues_from_last_checkpoint(tmp_path):
     from hpasc.errors import OutputError
+    from hpasc.runconfig.cell_level import load_cell_level_config
     from hpasc.train.cell_level import train_fold
-    from hpasc.train.cell_level_config import load_cell_level_config
 
     _crop_set(tmp_path, n_fields=16)
     over = [
@@ -397,7 +397,7 @@ def test_ddp_on_cpu_two_processes(tmp_path):
         textwrap.dedent(
             f"""
             from hpasc.data.crops import CropSourceConfig
-            from hpasc.train.cell_level_config import load_cell_level_config
+            from hpasc.runconfig.cell_level import load_cell_level_config
             from hpasc.train.cell_level import train_fold
 
             cfg = load_cell_level_config({str(CONFIGS / "tiny.yaml")!r}, [
@@ -443,7 +443,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cell-level"
     ],
 )
 def test_reference_configs_carry_the_reference_numbers(name, head, crops):
-    from hpasc.train.cell_level_config import load_cell_level_config
+    from hpasc.runconfig.cell_level import load_cell_level_config
 
     cfg = load_cell_level_config(CONFIGS / f"{name}.yaml", ["data.batch_size=64"])
     assert cfg.data.batch_size == 64  # overrides apply
@@ -466,7 +466,7 @@ def test_cosine_head_and_bad_values():
     from hpasc.errors import ConfigError
     from hpasc.models.cell import build_cell_model
     from hpasc.models.heads import CosineClassifier
-    from hpasc.train.cell_level_config import load_cell_level_config
+    from hpasc.runconfig.cell_level import load_cell_level_config
 
     cfg = load_cell_level_config(CONFIGS / "tiny.yaml", ["model.head=cosine"])
     model = build_cell_model(cfg.model)

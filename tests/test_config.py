@@ -2,8 +2,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from hpasc.config import dump_config, load_config, parse_value
+from hpasc.config import load_config, parse_value
 from hpasc.errors import ConfigError
+from hpasc.io.runs import dump_config
 
 
 @dataclass

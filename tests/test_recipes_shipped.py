@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "configs" / "recipes"
 PFCELL = RECIPES / "pfcell-2021.yaml"
 LOADERS = {
-    "train-image-level": "hpasc.train.image_level_config:load_image_level_config",
-    "train-cell-level": "hpasc.train.cell_level_config:load_cell_level_config",
+    "train-image-level": "hpasc.runconfig.image_level:load_image_level_config",
+    "train-cell-level": "hpasc.runconfig.cell_level:load_cell_level_config",
 }
 STAGE1 = ["cam-b2-768", "cam-b5-768", "cam-b7-768", "cam-b2-1536"]
 STAGE2 = ["cam-b2-stage2", "cell-resnest50-768-stage2"]

@@ -120,7 +120,7 @@ def test_remove_maxpool_needs_a_resnet_stem():
 
 
 def test_cell_affine_augmentation():
-    from hpasc.train.cell_level_config import CellLevelConfig, validate
+    from hpasc.runconfig.cell_level import CellLevelConfig, validate
     from hpasc.train.cell_level_module import CellLevelModule
 
     def module(**aug):

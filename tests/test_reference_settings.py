@@ -30,7 +30,7 @@ CELL_LEVEL = [
 
 @pytest.mark.parametrize("name", IMAGE_LEVEL)
 def test_reference_cam_configs_upsample_nearest_in_fp32(name):
-    from hpasc.train.image_level_config import PredictConfig, load_image_level_config
+    from hpasc.runconfig.image_level import PredictConfig, load_image_level_config
     from hpasc.train.trainer import TrainerConfig
 
     cfg = load_image_level_config(CONFIGS / "image-level" / f"{name}.yaml")
@@ -44,7 +44,7 @@ def test_reference_cam_configs_upsample_nearest_in_fp32(name):
 @pytest.mark.parametrize("name", CELL_LEVEL)
 def test_reference_cell_configs_feed_raw_values_in_fp32(name):
     from hpasc.models.cell import CellModelConfig
-    from hpasc.train.cell_level_config import load_cell_level_config
+    from hpasc.runconfig.cell_level import load_cell_level_config
 
     cfg = load_cell_level_config(CONFIGS / "cell-level" / f"{name}.yaml")
     assert cfg.model.input_range == "raw"
@@ -70,8 +70,8 @@ def test_inference_precision_32_true_disables_autocast():
 
 def test_bad_precision_and_input_range_name_the_key():
     from hpasc.errors import ConfigError
-    from hpasc.train.cell_level_config import load_cell_level_config
-    from hpasc.train.image_level_config import load_image_level_config
+    from hpasc.runconfig.cell_level import load_cell_level_config
+    from hpasc.runconfig.image_level import load_image_level_config
 
     with pytest.raises(ConfigError, match="predict.precision"):
         load_image_level_config(CONFIGS / "image-level/b2-768.yaml", ["predict.precision=fp8"])
@@ -84,7 +84,7 @@ def test_bad_precision_and_input_range_name_the_key():
 def test_instance_norm_damps_dim_planes_scaled_to_unit():
     """Why input_range matters: InstanceNorm's eps (1e-5) is added to the variance, so a dim cell
     (grey level 1 on 44 % of the crop) scaled by 1/255 comes out with std 0.52, not 1 (raw: 1.00)."""
-    from hpasc.train.cell_level_module import crops_to_input
+    from hpasc.models.cell import crops_to_input
 
     yy, xx = np.mgrid[:64, :64] - 31.5
     cell = (np.hypot(yy, xx) < 24).astype(np.uint8)
@@ -100,7 +100,7 @@ def test_instance_norm_damps_dim_planes_scaled_to_unit():
 
 
 def _cell_cfg(input_range: str):
-    from hpasc.train.cell_level_config import CellLevelConfig, validate
+    from hpasc.runconfig.cell_level import CellLevelConfig, validate
 
     cfg = CellLevelConfig()
     cfg.model.arch, cfg.model.input_range = "test_resnet", input_range

@@ -268,7 +268,7 @@ import os, signal, sys
 import lightning as L
 sys.path.insert(0, {tests!r})
 from cam_helpers import ROOT, tiny_config
-from hpasc.train.cell_level_config import load_cell_level_config
+from hpasc.runconfig.cell_level import load_cell_level_config
 from hpasc.train import cell_level, image_level
 
 data, crops, run, kind, mode = sys.argv[1:6]
@@ -368,7 +368,7 @@ def test_relative_paths_follow_the_one_rule(tmp_path, monkeypatch):
     assert anchor("masks", "/data/hpa") == "/data/hpa/masks"
     assert anchor("/abs/x", "/data") == "/abs/x" and anchor("s3://b/x") == "s3://b/x"
     assert anchor("x", "memory://b/root") == "memory://b/root/x"
-    from hpasc.train.image_level_config import SourceConfig
+    from hpasc.runconfig.image_level import SourceConfig
 
     assert anchor_overrides(
         ["data.sources.0.masks=out/m", "data.root=d", "data.sources.1.name=kaggle",
@@ -392,10 +392,11 @@ def test_recipe_variables_expand_to_absolute_paths(tmp_path, monkeypatch):
 
 def test_config_file_paths_stay_relative_to_data_root(synth, tmp_path, monkeypatch):
     from cam_helpers import TINY
-    from hpasc.train.image_level_config import load_image_level_config, resolve_path
+    from hpasc.paths import anchor
+    from hpasc.runconfig.image_level import load_image_level_config
 
     monkeypatch.chdir(tmp_path)
     cfg = load_image_level_config(TINY, [f"data.root={synth}", "data.sources.0.masks=m"])
     assert cfg.data.sources[0].images == "images"  # from the file: joined onto data.root later
-    assert resolve_path(cfg.data.root, cfg.data.sources[0].images) == str(synth / "images")
+    assert anchor(cfg.data.sources[0].images, cfg.data.root) == str(synth / "images")
     assert cfg.data.sources[0].masks == str(tmp_path / "m")  # typed: relative to the cwd

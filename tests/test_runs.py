@@ -36,8 +36,8 @@ def image_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cell_run(tmp_path_factory) -> Path:
     """fold 1 of the tiny cell-level config on random 16-pixel crops, one epoch."""
+    from hpasc.runconfig.cell_level import load_cell_level_config
     from hpasc.train.cell_level import train_fold
-    from hpasc.train.cell_level_config import load_cell_level_config
 
     root = tmp_path_factory.mktemp("runs-cell")
     rng = np.random.default_rng(0)

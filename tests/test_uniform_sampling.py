@@ -77,7 +77,7 @@ def test_an_epoch_is_a_seeded_permutation_of_all_cells(tmp_path, workers, name):
 
 
 def test_config_choice_and_reference_configs():
-    from hpasc.train.cell_level_config import load_cell_level_config
+    from hpasc.runconfig.cell_level import load_cell_level_config
 
     for name in (
         "resnest50-from768-stage2",
@@ -99,8 +99,8 @@ class _Rows(L.Callback):
 
 
 def test_training_with_uniform_sampling_sees_every_cell(tmp_path):
+    from hpasc.runconfig.cell_level import load_cell_level_config
     from hpasc.train.cell_level import train_fold
-    from hpasc.train.cell_level_config import load_cell_level_config
 
     _crop_set(tmp_path, n_fields=12)
     over = [

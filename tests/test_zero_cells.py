@@ -50,7 +50,7 @@ def test_training_dataset_keeps_a_field_without_cells_and_without_pseudo_labels(
     has no cells); the field still trains on its image label, with no consistency targets."""
     from hpasc.cells import make_table
     from hpasc.data.fields import FieldDataset, PseudoLabels, collate_fields, load_field_table
-    from hpasc.train.image_level_config import load_image_level_config
+    from hpasc.runconfig.image_level import load_image_level_config
 
     data, empty = synth_zero
     cfg = load_image_level_config(ROOT / "configs/image-level/tiny.yaml", [f"data.root={data}"])
@@ -86,7 +86,7 @@ def test_image_level_prediction_of_a_field_without_cells(synth_zero):
     from hpasc.data.fields import FieldDataset, FieldTable
     from hpasc.models.cam import CAMClassifier
     from hpasc.predict.image_level import predict_dataset
-    from hpasc.train.image_level_config import load_image_level_config
+    from hpasc.runconfig.image_level import load_image_level_config
 
     data, empty = synth_zero
     cfg = load_image_level_config(ROOT / "configs/image-level/tiny.yaml", [f"data.root={data}"])

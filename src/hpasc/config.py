@@ -2,7 +2,8 @@
 
 Every config in hpasc is a dataclass. :func:`load_config` reads a YAML file into it, applies
 command-line overrides converted to each field's type, and rejects unknown keys with the closest
-valid names. :func:`dump_config` writes the resolved config back to YAML (runs keep it).
+valid names. :func:`to_yaml` gives the resolved config back as YAML (runs keep it:
+:func:`hpasc.io.runs.dump_config`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hpasc.errors import ConfigError
-from hpasc.io.atomic import atomic_write
 
 T = TypeVar("T")
 
@@ -206,11 +206,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def dump_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config to ``path`` atomically."""
-    atomic_write(path, to_yaml(cfg))
 
 
 def config_search_path() -> list[Path]:

@@ -34,8 +34,8 @@ def train_cell_level(
     run_dir: Path = RUN_DIR,
 ) -> None:
     """Train a cell-level crop classifier (soft or image labels) on one fold or all folds."""
+    from hpasc.runconfig.cell_level import load_cell_level_config
     from hpasc.train.cell_level import train_fold
-    from hpasc.train.cell_level_config import load_cell_level_config
 
     train_folds(load_cell_level_config, train_fold, config, overrides, fold, resume, run_dir)
 

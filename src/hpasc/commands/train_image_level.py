@@ -34,8 +34,8 @@ def train_image_level(
     run_dir: Path = RUN_DIR,
 ) -> None:
     """Train an image-level CAM-consistency model on one fold or all folds."""
+    from hpasc.runconfig.image_level import load_image_level_config
     from hpasc.train.image_level import train_fold
-    from hpasc.train.image_level_config import load_image_level_config
 
     train_folds(load_image_level_config, train_fold, config, overrides, fold, resume, run_dir)
 

@@ -277,7 +277,7 @@ def source_fields(data_cfg) -> list[SourceFields]:
     reference stratified Kaggle train and public HPA separately).
     """
     from hpasc.classes import read_labels
-    from hpasc.train.image_level_config import resolve_path
+    from hpasc.paths import anchor
 
     if not data_cfg.sources:
         raise ConfigError("data.sources is empty: list at least one crop set with its labels")
@@ -285,9 +285,9 @@ def source_fields(data_cfg) -> list[SourceFields]:
     for i, src in enumerate(data_cfg.sources):
         if not src.crops or not src.labels:
             raise ConfigError(f"data.sources[{i}] needs both 'crops' and 'labels'")
-        labels = read_labels(resolve_path(data_cfg.root, src.labels))
+        labels = read_labels(anchor(src.labels, data_cfg.root))
         folds = _field_folds(
-            resolve_path(data_cfg.root, src.folds), labels, data_cfg.n_folds, data_cfg.fold_seed
+            anchor(src.folds, data_cfg.root), labels, data_cfg.n_folds, data_cfg.fold_seed
         )
         out.append(SourceFields(src, list(labels.ids), labels.y, folds))
     _check_unique([i for s in out for i in s.ids])
@@ -310,7 +310,7 @@ def load_sources(
     reference did). ``crops`` replaces the crop set of every source.
     """
     from hpasc.data.fields import PseudoLabels
-    from hpasc.train.image_level_config import resolve_path
+    from hpasc.paths import anchor
 
     sets, tables = [], {}
     for fields in source_fields(data_cfg):
@@ -319,11 +319,11 @@ def load_sources(
         ids = [f for f, k in zip(fields.ids, keep, strict=True) if k]
         pseudo = None
         if soft and src.soft_labels:
-            path = resolve_path(data_cfg.root, src.soft_labels)
+            path = anchor(src.soft_labels, data_cfg.root)
             if path not in tables:  # sources usually share one out-of-fold table: read it once
                 tables[path] = PseudoLabels.read(path)
             pseudo = tables[path]
-        store = crops or resolve_path(data_cfg.root, src.crops)
+        store = crops or anchor(src.crops, data_cfg.root)
         sets.append(
             build_cell_set(store, ids, fields.y[keep], fields.folds[keep], pseudo, progress)
         )

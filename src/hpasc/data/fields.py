@@ -89,7 +89,7 @@ def load_field_table(data_cfg, check_images: bool = True) -> FieldTable:
     from hpasc.data.folds import make_folds, read_folds
     from hpasc.io.images import list_field_ids
     from hpasc.io.store import Store
-    from hpasc.train.image_level_config import resolve_path
+    from hpasc.paths import anchor
 
     if not data_cfg.sources:
         raise ConfigError("data.sources is empty: list at least one source (images, masks, labels)")
@@ -97,9 +97,9 @@ def load_field_table(data_cfg, check_images: bool = True) -> FieldTable:
     source, ys, folds, stores, names = [], [], [], [], []
     for i, src in enumerate(data_cfg.sources):
         root = data_cfg.root
-        labels = read_labels(resolve_path(root, src.labels))
+        labels = read_labels(anchor(src.labels, root))
         if src.folds:
-            table = read_folds(resolve_path(root, src.folds))
+            table = read_folds(anchor(src.folds, root))
             fold_of = dict(zip(table["ID"].astype(str), table["fold"].astype(int), strict=True))
             missing = [f for f in labels.ids if f not in fold_of]
             if missing:
@@ -109,8 +109,8 @@ def load_field_table(data_cfg, check_images: bool = True) -> FieldTable:
             f = np.array([fold_of[k] for k in labels.ids], dtype=np.int64)
         else:
             f = make_folds(labels, data_cfg.n_folds, data_cfg.fold_seed)["fold"].to_numpy()
-        images = Store(resolve_path(root, src.images))
-        masks = Store(resolve_path(root, src.masks))
+        images = Store(anchor(src.images, root))
+        masks = Store(anchor(src.masks, root))
         if check_images:
             have = set(list_field_ids(images))
             missing = [k for k in labels.ids if k not in have]

@@ -17,7 +17,7 @@ Readers open a run with :func:`open_run` (or a list of runs and fold folders wit
 resolved config, input size, checkpoints, logs and validation tables. Training writes through
 the path functions below (:func:`fold_dir`, :func:`config_path`, :func:`checkpoint_dir`, …),
 so both sides share one layout. The config is the YAML mapping as written; typed loading stays
-with the config schemas (``hpasc.train.image_level_config`` / ``cell_config``), above this layer.
+with the config schemas (``hpasc.runconfig.image_level`` / ``cell_level``), above this layer.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ from typing import Any, Literal
 
 import yaml
 
+from hpasc.config import to_yaml
 from hpasc.errors import InputError
 from hpasc.io import cropset
 from hpasc.io import images as imio
+from hpasc.io.atomic import atomic_write
 from hpasc.io.store import Store
 from hpasc.paths import anchor
 
@@ -60,6 +62,11 @@ def fold_dir(run_dir: str | Path, fold: int) -> Path:
 
 def config_path(fold_path: str | Path) -> Path:
     return Path(fold_path) / CONFIG_NAME
+
+
+def dump_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config ``cfg`` (a config dataclass) to ``path`` atomically."""
+    atomic_write(path, to_yaml(cfg))
 
 
 def metrics_path(fold_path: str | Path) -> Path:

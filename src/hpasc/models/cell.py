@@ -25,6 +25,18 @@ HEADS = ("linear", "cosine")
 INPUT_RANGES = ("unit", "raw")
 
 
+def crops_to_input(x: torch.Tensor, input_range: str = "unit") -> torch.Tensor:
+    """uint8 crops (B×8×S×S) → float32: in [0, 1] (``"unit"``) or the raw 0…255 values
+    (``"raw"``, as the reference feeds them); floats are passed through."""
+    if x.dtype != torch.uint8:
+        return x.float()
+    if input_range == "raw":
+        return x.float()
+    if input_range != "unit":
+        raise ValueError(f"input_range must be 'unit' or 'raw', got {input_range!r}")
+    return x.float() * (1.0 / 255.0)
+
+
 @dataclass
 class CellModelConfig:
     """Network of a cell-level model.

@@ -311,8 +311,8 @@ def _config_settings(loader: str, keys: tuple[str, ...]):
     return settings
 
 
-_CAM_LOADER = "hpasc.train.image_level_config:load_image_level_config"
-_CELL_LOADER = "hpasc.train.cell_level_config:load_cell_level_config"
+_CAM_LOADER = "hpasc.runconfig.image_level:load_image_level_config"
+_CELL_LOADER = "hpasc.runconfig.cell_level:load_cell_level_config"
 #: what the plan shows of a training task (the settings where the reference and hpasc differ)
 CAM_SETTINGS = ("trainer.precision", "predict.upsample", "predict.precision")
 CELL_SETTINGS = ("model.input_range", "data.sampling", "trainer.precision", "predict.precision")

@@ -46,7 +46,7 @@ def load_cell_fold(
     ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
     """
     from hpasc.models.cell import CellClassifier
-    from hpasc.train.cell_level_config import load_cell_level_config
+    from hpasc.runconfig.cell_level import load_cell_level_config
 
     return load_fold_model(fold_path, load_cell_level_config, CellClassifier, checkpoint, device)
 
@@ -63,7 +63,7 @@ def predict_crops(
     ``crops`` B×8×S×S, uint8 (each model scales them by its ``input_range``) or floats.
     ``precision``: see :func:`hpasc.predict.base.inference_autocast`.
     """
-    from hpasc.train.cell_level_module import crops_to_input
+    from hpasc.models.cell import crops_to_input
 
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")

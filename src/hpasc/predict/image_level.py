@@ -40,7 +40,7 @@ from hpasc.predict.base import (
     resolve_device,
 )
 from hpasc.progress import track
-from hpasc.train.image_level_config import load_image_level_config
+from hpasc.runconfig.image_level import load_image_level_config
 
 
 def load_fold(

@@ -18,8 +18,8 @@ from hpasc.data.fields import load_field_table
 from hpasc.errors import InputError
 from hpasc.io import runs
 from hpasc.predict.base import read_image_table
-from hpasc.train.cell_level_config import load_cell_level_config
-from hpasc.train.image_level_config import load_image_level_config
+from hpasc.runconfig.cell_level import load_cell_level_config
+from hpasc.runconfig.image_level import load_image_level_config
 
 _EXAMPLES = 5
 

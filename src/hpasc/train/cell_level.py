@@ -16,7 +16,7 @@ import lightning as L
 
 from hpasc.errors import ConfigError
 from hpasc.io import runs
-from hpasc.train.cell_level_config import CellLevelConfig
+from hpasc.runconfig.cell_level import CellLevelConfig
 from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
 
 log = logging.getLogger("hpasc.train")
@@ -52,7 +52,7 @@ def _cell_metric(cfg: CellLevelConfig, fold: int):
 
     from hpasc.data.crops import source_fields
     from hpasc.io.store import Store
-    from hpasc.train.image_level_config import resolve_path
+    from hpasc.paths import anchor
     from hpasc.train.validation import CellMetric, read_solution
 
     if not cfg.validation.cell_metric:
@@ -65,9 +65,9 @@ def _cell_metric(cfg: CellLevelConfig, fold: int):
         src = part.source
         if not src.solution:
             return None
-        masks = Store(resolve_path(cfg.data.root, src.masks))
+        masks = Store(anchor(src.masks, cfg.data.root))
         fields += [(f, masks) for f, k in zip(part.ids, keep, strict=True) if k]
-        solutions.append(read_solution(resolve_path(cfg.data.root, src.solution)))
+        solutions.append(read_solution(anchor(src.solution, cfg.data.root)))
     if not fields:
         return None
     return CellMetric(fields, pd.concat(solutions, ignore_index=True))
@@ -89,8 +89,8 @@ def train_fold(
     """
     import torch
 
-    from hpasc.config import dump_config
     from hpasc.data.crops import CropStream, load_sources, stream_loader, uniform_loader
+    from hpasc.io.runs import dump_config
     from hpasc.train.cell_level_module import CellLevelModule
     from hpasc.train.trainer import build_trainer, seed_everything
 

@@ -33,22 +33,10 @@ from hpasc.data.augment import (
     sample_affine,
     sample_cutmix_box,
 )
-from hpasc.models.cell import build_cell_model
+from hpasc.models.cell import build_cell_model, crops_to_input
 from hpasc.models.losses import focal_loss_elementwise
 from hpasc.train.optim import configure_optimizers
 from hpasc.train.validation import classification_metrics
-
-
-def crops_to_input(x: torch.Tensor, input_range: str = "unit") -> torch.Tensor:
-    """uint8 crops (B×8×S×S) → float32: in [0, 1] (``"unit"``) or the raw 0…255 values
-    (``"raw"``, as the reference feeds them); floats are passed through."""
-    if x.dtype != torch.uint8:
-        return x.float()
-    if input_range == "raw":
-        return x.float()
-    if input_range != "unit":
-        raise ValueError(f"input_range must be 'unit' or 'raw', got {input_range!r}")
-    return x.float() * (1.0 / 255.0)
 
 
 def mix_targets(y: torch.Tensor, box: CutMixBox) -> torch.Tensor:
@@ -79,7 +67,7 @@ def keep_easiest(losses: torch.Tensor, exclude: float) -> torch.Tensor:
 
 
 class CellLevelModule(L.LightningModule):
-    """LightningModule of a :class:`~hpasc.train.cell_level_config.CellLevelConfig`.
+    """LightningModule of a :class:`~hpasc.runconfig.cell_level.CellLevelConfig`.
 
     Batches are ``(crops uint8 B×8×S×S, targets B×19, rows B)`` from
     :class:`hpasc.data.crops.CropStream`; rows ``-1`` are padding (validation only).

@@ -15,8 +15,9 @@ import numpy as np
 
 from hpasc.data.augment import GreenSynthesis
 from hpasc.io import runs
+from hpasc.paths import anchor
+from hpasc.runconfig.image_level import ImageLevelConfig
 from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
-from hpasc.train.image_level_config import ImageLevelConfig, resolve_path
 
 log = logging.getLogger("hpasc.train")
 
@@ -26,9 +27,7 @@ def _pseudo_labels(cfg: ImageLevelConfig):
 
     paths = list(
         dict.fromkeys(
-            resolve_path(cfg.data.root, s.pseudo_labels)
-            for s in cfg.data.sources
-            if s.pseudo_labels
+            anchor(s.pseudo_labels, cfg.data.root) for s in cfg.data.sources if s.pseudo_labels
         )
     )
     if not paths:
@@ -53,7 +52,7 @@ def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
     import pandas as pd
 
     solution = pd.concat(
-        [read_solution(resolve_path(cfg.data.root, cfg.data.sources[s].solution)) for s in sources],
+        [read_solution(anchor(cfg.data.sources[s].solution, cfg.data.root)) for s in sources],
         ignore_index=True,
     )
     fields = [(table.ids[r], table.stores[table.source[r]][1]) for r in valid_rows]
@@ -96,8 +95,8 @@ def train_fold(
     ``resume`` continues from ``checkpoints/last.ckpt`` when it exists (a fresh start otherwise);
     without it, a fold folder that already holds a checkpoint is an :class:`OutputError`.
     """
-    from hpasc.config import dump_config
     from hpasc.data.fields import FieldDataset, load_field_table
+    from hpasc.io.runs import dump_config
     from hpasc.train.callbacks import DatasetEpoch
     from hpasc.train.image_level_module import CAMConsistencyModule
     from hpasc.train.trainer import build_trainer, seed_everything

@@ -56,7 +56,7 @@ def _all_gather(obj: Any) -> list[Any]:
 
 
 class CAMConsistencyModule(L.LightningModule):
-    """LightningModule of an :class:`~hpasc.train.image_level_config.ImageLevelConfig`.
+    """LightningModule of an :class:`~hpasc.runconfig.image_level.ImageLevelConfig`.
 
     ``cell_metric``: optional callable taking a cell table of the validation fields
     (``image_id, cell_id, p00…p18``) and returning the competition mAP. ``load_init=False``

@@ -9,48 +9,12 @@ epoch 0 → 1.0e-4, epoch 4 → 8.1e-4, epoch 5 → 9.76e-4, epoch 49 → 9.9e-7
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from hpasc.errors import ConfigError
-
-SCHEDULES = ("cos", "exp", "none")
-
-
-@dataclass
-class OptimConfig:
-    """Optimiser (any ``torch.optim`` class name) and per-epoch schedule."""
-
-    optimizer: str = "Adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    params: dict[str, Any] = field(default_factory=dict)  # extra optimiser kwargs (betas, ...)
-    schedule: str = "cos"  # "cos", "exp" or "none"
-    warmup_epochs: int = 5
-    warmup_factor: float = 0.1
-    gamma: float = 0.95  # "exp" only
-    epoch_offset: int = 0  # shifts the schedule (continue a schedule in a new run)
-
-
-_RANGES = {
-    "lr": (0, None, {"low_open": True}),
-    "weight_decay": (0, None),
-    "warmup_epochs": (0, None),
-    "warmup_factor": (0, 1),
-    "gamma": (0, None, {"low_open": True}),
-    "epoch_offset": (0, None),
-}
-
-
-def validate_optim(cfg: OptimConfig) -> None:
-    """Check the optim section before any work starts."""
-    from hpasc.config import check_ranges
-
-    check_ranges(cfg, "optim", _RANGES)
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"optim.schedule: {cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
+from hpasc.runconfig.optim import SCHEDULES, OptimConfig
 
 
 def lr_factor(epoch: int, cfg: OptimConfig, max_epochs: int) -> float:

@@ -15,7 +15,7 @@ from hpasc.data.crops import SAMPLINGS, CropSourceConfig
 from hpasc.errors import ConfigError
 from hpasc.models.cell import HEADS, INPUT_RANGES, CellModelConfig
 from hpasc.models.losses import OBJECTIVES
-from hpasc.train.image_level_config import (
+from hpasc.runconfig.image_level import (
     INFERENCE_PRECISIONS,
     ValidationConfig,
     check_choice,
@@ -23,8 +23,8 @@ from hpasc.train.image_level_config import (
     check_data,
     check_sections,
 )
-from hpasc.train.optim import OptimConfig
-from hpasc.train.trainer import TrainerConfig
+from hpasc.runconfig.optim import OptimConfig
+from hpasc.runconfig.trainer import TrainerConfig
 
 
 @dataclass

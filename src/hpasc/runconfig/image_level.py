@@ -15,8 +15,8 @@ from typing import Any
 from hpasc.errors import ConfigError
 from hpasc.models.cam import CAMModelConfig
 from hpasc.models.losses import CONSISTENCY_CRITERIA, OBJECTIVES
-from hpasc.train.optim import OptimConfig
-from hpasc.train.trainer import TrainerConfig
+from hpasc.runconfig.optim import OptimConfig
+from hpasc.runconfig.trainer import TrainerConfig
 
 #: ``predict.precision`` values (as Lightning's ``trainer.precision`` names them)
 INFERENCE_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
@@ -181,8 +181,8 @@ def check_common(cfg: Any) -> None:
     """Checks both schemas share: trainer, optim and model sections (``model.arch`` a timm name)."""
     from hpasc.config import check_ranges
     from hpasc.models.backbone import check_arch
-    from hpasc.train.optim import validate_optim
-    from hpasc.train.trainer import validate_trainer
+    from hpasc.runconfig.optim import validate_optim
+    from hpasc.runconfig.trainer import validate_trainer
 
     validate_trainer(cfg.trainer)
     validate_optim(cfg.optim)
@@ -243,10 +243,3 @@ def load_image_level_config(path: str | Path | None, overrides: list[str] = ()) 
     from hpasc.paths import anchor_overrides
 
     return validate(load_config(ImageLevelConfig, path, anchor_overrides(overrides, SourceConfig)))
-
-
-def resolve_path(root: str | Path, path: str | None) -> str | None:
-    """``path`` relative to ``root`` unless it is absolute or a URL (:func:`hpasc.paths.anchor`)."""
-    from hpasc.paths import anchor
-
-    return anchor(path, root)
