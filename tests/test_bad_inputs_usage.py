@@ -1,7 +1,7 @@
 """Usage errors: one ``error:`` line and exit 2 for every command, whatever click Typer uses.
 
-The commands are walked from the registered Typer app, so a new command or option is covered
-without editing this file: ``--help`` must render, an unknown option and a missing argument
+The commands are walked from the CLI's command table (``hpasc.cli.COMMANDS``), so a new command
+or option is covered without editing this file: ``--help`` must render, an unknown option and a missing argument
 must be one line, and every numeric option must have bounds that reject a value below them.
 """
 
@@ -13,17 +13,10 @@ import typing
 import pytest
 
 from bad_inputs import assert_one_error, run_in_process, run_subprocess
-from hpasc.cli import app
+from hpasc.cli import COMMANDS as TABLE
+from hpasc.cli import resolve
 
-
-def _walk(typer_app, path=()):
-    for command in typer_app.registered_commands:
-        yield (*path, command.name or command.callback.__name__.replace("_", "-")), command.callback
-    for group in typer_app.registered_groups:
-        yield from _walk(group.typer_instance, (*path, group.name))
-
-
-COMMANDS = dict(_walk(app))
+COMMANDS = {(*filter(None, [c.group]), c.name): resolve(c.target) for c in TABLE}
 GROUPS = sorted({path[:-1] for path in COMMANDS if len(path) > 1})
 
 

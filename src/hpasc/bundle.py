@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hpasc
 from hpasc import __version__
 from hpasc.errors import ConfigError, InputError, OutputError
 from hpasc.io.atomic import atomic_path
@@ -146,7 +147,6 @@ def project_root(source: str | Path | None = None) -> Path:
     InputError
         No ``pyproject.toml`` with ``src/hpasc`` there (e.g. hpasc installed from a wheel).
     """
-    import hpasc
 
     root = Path(source) if source is not None else Path(hpasc.__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file() or not (root / "src/hpasc").is_dir():

@@ -1,40 +1,118 @@
 """The `hpasc` command line.
 
-Thin layer: every command parses arguments, calls the library and reports. Commands live in
-``hpasc.commands.<concern>`` modules, each exposing ``register(app)``; they are discovered here so
-that adding a concern never edits this file. Heavy imports (torch, ...) happen inside commands.
+Thin layer: every command parses arguments, calls the library and reports. The commands live in
+``hpasc.commands.<concern>`` modules; :data:`COMMANDS` names each one (group, name,
+``module:function``, one-line help) and :class:`LazyGroup` imports a command's module only when
+that command runs or its help is asked for, so ``hpasc --help`` (or ``hpasc train --help``) does
+not import torch. A new command is one row of :data:`COMMANDS`.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
-import pkgutil
 import sys
 import warnings
+from dataclasses import dataclass, field
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from hpasc import __version__
 from hpasc.commands import APP_SETTINGS
 from hpasc.errors import HpascError, environment_error
 
-app = typer.Typer(
-    name="hpasc",
-    help=(
-        "Segment every cell in Human Protein Atlas images and predict, per cell, where the "
-        "protein is (19 classes), trained from image-level labels only."
-    ),
-    epilog="Exit codes: 0 done; 1 some fields failed (see OUT/errors.csv); 2 a usage, input or "
-    "environment error (one 'error: ...' line), or no command given (this help); 130 interrupted.",
-    pretty_exceptions_enable=False,
-    **APP_SETTINGS,
+
+@dataclass(frozen=True)
+class Command:
+    """One verb of the command line: ``hpasc [group] name``, run by ``target``'s function."""
+
+    name: str
+    group: str | None
+    target: str  # "module:function", a Typer callback (or a ready click command)
+    help: str  # the one line of the command listings
+    settings: dict[str, Any] = field(default_factory=dict)  # extra Typer command() arguments
+
+
+#: sub-command groups: name -> one-line help
+GROUPS: dict[str, str] = {
+    "import": "Import external data (public HPA images).",
+    "weights": "Segmentation network weights (HPA U-Net).",
+    "train": "Train a model per fold (image-level CAM model or cell-level crop model).",
+    "predict": "Predict per-cell probabilities with trained runs.",
+    "cells": "Cell tables: average, inspect.",
+    "submission": "Inspect and validate Kaggle submission files.",
+}
+
+_RUN_EPILOG = (
+    "Examples:  hpasc run configs/recipes/pfcell-2021.yaml --data /data/hpa --dry-run  |  "
+    "... --until prepared  |  ... --only cam-b2-768 --fold 3  |  ... --force ensemble.  "
+    "Recipe format and step kinds: docs/recipes.md."
 )
 
-_DEBUG = {"on": False}
+_C = "hpasc.commands."
+#: every command; ``hpasc --help`` lists the verbs in pipeline order (data -> models -> submission
+#: -> whole runs): top-level commands and groups in :data:`_ORDER`, a group's commands as here.
+COMMANDS: tuple[Command, ...] = (
+    Command("synth", None, _C + "synth:synth", "Write synthetic HPA-like fields with true masks."),
+    Command("public-hpa", "import", _C + "importer:public_hpa", "Download public HPA fields."),
+    Command("folds", None, _C + "labels:folds", "Split fields into stratified folds."),
+    Command("resize", None, _C + "prepare:resize", "Resize every field or mask of a set."),
+    Command("segment", None, _C + "segment:segment", "Segment every field into cell masks."),
+    Command("download", "weights", _C + "segment:download", "Download the HPA U-Net weights."),
+    Command("crop", None, _C + "prepare:crop", "Crop every cell (8 planes) into a crop set."),
+    Command(
+        "image-level",
+        "train",
+        _C + "train_image_level:train_image_level",
+        "Train an image-level CAM model per fold.",
+    ),
+    Command(
+        "cell-level",
+        "train",
+        _C + "train_cell_level:train_cell_level",
+        "Train a cell-level crop classifier per fold.",
+    ),
+    Command(
+        "image-level",
+        "predict",
+        _C + "train_image_level:predict_image_level",
+        "Predict cells with image-level runs.",
+    ),
+    Command(
+        "cell-level",
+        "predict",
+        _C + "train_cell_level:predict_cell_level",
+        "Predict cells with cell-level runs.",
+    ),
+    Command(
+        "fields",
+        "predict",
+        _C + "predict_fields:predict_fields",
+        "Segment and predict new fields end to end.",
+    ),
+    Command("oof", None, _C + "train_image_level:oof", "Join the folds' validation predictions."),
+    Command("average", "cells", _C + "submit:average", "Average prediction tables cell by cell."),
+    Command("submit", None, _C + "submit:submit", "Write the Kaggle submission CSV."),
+    Command("check", "submission", _C + "submit:check", "Check a submission file."),
+    Command("evaluate", None, _C + "submit:evaluate", "Score a submission (mAP at IoU 0.6)."),
+    Command(
+        "run",
+        None,
+        _C + "run:run",
+        "Run a recipe (steps in dependency order).",
+        {"epilog": _RUN_EPILOG},
+    ),  # fmt: skip
+    Command("demo", None, _C + "demo:demo", "Run the whole method on synthetic fields."),
+    Command("report", None, _C + "report:report", "Write a self-contained HTML report."),
+    Command(
+        "bundle", None, _C + "bundle:bundle", "Write an offline bundle (wheels, runs, weights)."
+    ),
+)
 
-# `hpasc --help` lists verbs in pipeline order (data -> models -> submission -> whole runs).
 _ORDER = [
     "synth",
     "import",
@@ -55,6 +133,89 @@ _ORDER = [
     "report",
     "bundle",
 ]
+
+
+def _rank(name: str) -> int:
+    return _ORDER.index(name) if name in _ORDER else len(_ORDER)
+
+
+def resolve(target: str) -> Any:
+    """The object ``"module:attribute"`` names (imports the module)."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def load_command(entry: Command):
+    """The click command of ``entry``: its module imported, its callback turned into a command
+    as ``app.command(name)`` would (a module may also offer a ready click command)."""
+    target = resolve(entry.target)
+    if callable(getattr(target, "make_context", None)):  # a click command (Typer's click or click)
+        return target
+    single = typer.Typer(**APP_SETTINGS)
+    single.command(entry.name, **entry.settings)(target)
+    return typer.main.get_command(single)
+
+
+class LazyGroup(TyperGroup):
+    """A command group whose commands are the rows of :data:`COMMANDS` with ``group == name``
+    (the root group: ``group=None``) and the sub-groups of :data:`GROUPS`; a command's module is
+    imported when it is looked up to run or to show its help, never to list it."""
+
+    def __init__(self, *, group: str | None = None, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.group = group
+        self.entries = {c.name: c for c in COMMANDS if c.group == group}
+        self.groups = GROUPS if group is None else {}
+
+    def list_commands(self, ctx) -> list[str]:
+        names = [*self.entries, *self.groups]
+        return sorted(names, key=_rank) if self.group is None else names
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name in self.groups:
+            return LazyGroup(
+                group=cmd_name,
+                name=cmd_name,
+                help=self.groups[cmd_name],
+                no_args_is_help=True,
+                rich_markup_mode=self.rich_markup_mode,
+                context_settings=APP_SETTINGS["context_settings"],
+            )
+        entry = self.entries.get(cmd_name)
+        return None if entry is None else load_command(entry)
+
+    def resolve_command(self, ctx, args: list[str]):
+        # Typer suggests close names from the loaded commands only: here they come from the table
+        name = args[0] if args else ""
+        names = self.list_commands(ctx)
+        if name and not name.startswith("-") and name not in names:
+            close = difflib.get_close_matches(name, names)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx, formatter) -> None:
+        helps = {**{n: e.help for n, e in self.entries.items()}, **self.groups}
+        rows = [(name, helps[name]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+app = typer.Typer(
+    name="hpasc",
+    cls=LazyGroup,
+    help=(
+        "Segment every cell in Human Protein Atlas images and predict, per cell, where the "
+        "protein is (19 classes), trained from image-level labels only."
+    ),
+    epilog="Exit codes: 0 done; 1 some fields failed (see OUT/errors.csv); 2 a usage, input or "
+    "environment error (one 'error: ...' line), or no command given (this help); 130 interrupted.",
+    pretty_exceptions_enable=False,
+    **APP_SETTINGS,
+)
+
+_DEBUG = {"on": False}
 
 
 def _version(value: bool) -> None:
@@ -83,26 +244,6 @@ def _root(
             "lightning.fabric.utilities.rank_zero",
         ):
             logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _register_commands() -> None:
-    from hpasc import commands
-
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"hpasc.commands.{info.name}")
-        module.register(app)
-    commands.register_groups(app)
-
-    def rank(name: str | None) -> int:
-        return _ORDER.index(name) if name in _ORDER else len(_ORDER)
-
-    app.registered_commands.sort(key=lambda c: rank(c.name))
-    app.registered_groups.sort(key=lambda g: rank(g.name))
-
-
-_register_commands()
 
 
 def _usage_line(exc: Exception) -> str:

@@ -37,8 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hpasc import __version__
-from hpasc.classes import public_hpa_field_id
+from hpasc.classes import public_hpa_field_id, read_public_hpa_labels
 from hpasc.errors import ConfigError, HpascError, InputError
+from hpasc.io.images import CHANNELS, decode_image, to_uint8, write_channel
+from hpasc.io.store import open_output
+from hpasc.prepare import INTERPOLATIONS, resize_image
+from hpasc.runner import guard_output, parse_shard, run_fields, shard_ids
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,7 +122,6 @@ def read_public_hpa_fields(table: str | Path) -> list[PublicHpaField]:
     InputError
         Unreadable table, or one field id given by two different ``Image`` paths.
     """
-    from hpasc.classes import read_public_hpa_labels
 
     labels = read_public_hpa_labels(table)
     paths: dict[str, str] = {}
@@ -288,7 +291,6 @@ def download_channel(
         A permanent HTTP error, or ``policy.retries + 1`` failed tries (the message names the
         URL and the last error).
     """
-    from hpasc.io.images import decode_image
 
     name = urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
     rng = random.Random(f"{policy.seed}|{url}")
@@ -331,8 +333,6 @@ class ImportOptions:
     also: tuple[tuple[int, str], ...] = ()
 
     def __post_init__(self) -> None:
-        from hpasc.prepare import INTERPOLATIONS
-
         object.__setattr__(self, "base_url", resolve_base_url(self.base_url))
         object.__setattr__(self, "also", tuple((int(n), str(u)) for n, u in self.also))
         for size in (self.size, *(n for n, _ in self.also)):
@@ -376,8 +376,6 @@ def import_field(
     DownloadError
         A channel failed for good, or the channels differ in shape.
     """
-    from hpasc.io.images import CHANNELS, to_uint8
-    from hpasc.prepare import resize_image
 
     options = options or ImportOptions()
     urls = {
@@ -412,7 +410,6 @@ def import_field(
 
 def output_names(fid: str) -> list[str]:
     """The files a finished field has in the image set."""
-    from hpasc.io.images import CHANNELS
 
     return [f"{fid}_{c}.png" for c in CHANNELS]
 
@@ -491,9 +488,6 @@ def import_public_hpa(
     -------
     ImportSummary
     """
-    from hpasc.io.images import write_channel
-    from hpasc.io.store import open_output
-    from hpasc.runner import guard_output, parse_shard, run_fields, shard_ids
 
     options = options or ImportOptions()
     fields = read_public_hpa_fields(table)

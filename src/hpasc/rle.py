@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_util
 
 _MAX_GROUPS = 13  # 5 bits per char: enough for any int64 delta
 _CV_TRANSPOSABLE = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32))
@@ -189,7 +190,6 @@ def decode_rle_counts(text: str) -> bytes:
 
 def decode_mask_string(text: str, height: int, width: int) -> np.ndarray:
     """Mask string → (height, width) bool array."""
-    from pycocotools import mask as mask_util
 
     rle = {"size": [int(height), int(width)], "counts": decode_rle_counts(text)}
     return mask_util.decode(rle).astype(bool)

@@ -42,9 +42,9 @@ from typing import Any, Literal
 
 from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from hpasc.errors import HpascError, InputError
+from hpasc.errors import HpascError, InputError, OutputError
 from hpasc.io.atomic import atomic_write
-from hpasc.io.store import MANIFEST_NAME
+from hpasc.io.store import MANIFEST_NAME, Store
 from hpasc.progress import bar as progress_bar
 
 OnError = Literal["stop", "skip"]
@@ -378,7 +378,6 @@ def input_fingerprint(store: Any) -> str:
     Hidden files (manifests, temporaries) and ``errors.csv`` are left out: they change when a
     verb resumes, its items do not.
     """
-    from hpasc.io.store import Store
 
     src = store if isinstance(store, Store) else Store(os.fspath(store))
     entries: list[list[Any]] = []
@@ -479,7 +478,6 @@ def guard_output(
         Without ``overwrite``, when ``out`` was made with other parameters, from other inputs,
         by another verb, or holds this verb's items but no manifest.
     """
-    from hpasc.errors import OutputError
 
     made = {
         "kind": kind,

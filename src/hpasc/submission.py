@@ -32,6 +32,8 @@ from hpasc.cells import PROB_COLUMNS, average_tables, read_table, validate_table
 from hpasc.classes import NUM_CLASSES
 from hpasc.errors import InputError
 from hpasc.io.atomic import atomic_open
+from hpasc.io.images import list_mask_ids, read_mask
+from hpasc.io.store import Store
 from hpasc.progress import track
 from hpasc.rle import encode_runs, label_runs, mask_string_runs, run_facts
 
@@ -253,8 +255,6 @@ def field_rows(
 
 
 def _open_store(masks: Any):
-    from hpasc.io.store import Store
-
     return masks if isinstance(masks, Store) else Store(str(masks))
 
 
@@ -274,15 +274,11 @@ def _load_predictions(
 
 
 def _store_fields(store, ids: Sequence[str], progress: bool) -> Iterator[tuple[str, np.ndarray]]:
-    from hpasc.io.images import read_mask
-
     for image_id in track(ids, "submission", enabled=progress):
         yield image_id, read_mask(store, image_id)
 
 
 def _prepare(mask_store, table_or_tables, weights, allow_missing):
-    from hpasc.io.images import list_mask_ids
-
     store = _open_store(mask_store)
     table = _load_predictions(table_or_tables, weights, allow_missing)
     ids = sorted(list_mask_ids(store))
@@ -467,8 +463,6 @@ def check_submission(csv_path: str | os.PathLike, masks=None) -> list[Problem]:
 
     mask_ids: set[str] | None = None
     if masks is not None:
-        from hpasc.io.images import list_mask_ids, read_mask
-
         store = _open_store(masks)
         mask_ids = set(list_mask_ids(store))
     seen: dict[str, int] = {}

@@ -28,6 +28,7 @@ from hpasc.errors import OutputError
 from hpasc.io import images
 from hpasc.io.store import Store
 from hpasc.progress import track
+from hpasc.rle import encode_instance_mask
 
 NUCLEOPLASM = 0
 NUCLEAR_MEMBRANE = 1
@@ -588,7 +589,6 @@ def synthesize(
     OutputError
         ``out`` is a file, or a non-empty folder and ``overwrite`` is false.
     """
-    from hpasc.rle import encode_instance_mask
 
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")

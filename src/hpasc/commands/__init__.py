@@ -1,7 +1,7 @@
-"""CLI command modules. Each module defines ``register(app)``; ``hpasc.cli`` discovers them.
+"""CLI command modules: one module per concern, its functions are Typer commands.
 
-Verbs with sub-verbs shared by several modules (``hpasc train image-level`` and ``hpasc train
-cell-level`` live in different modules) hang off the groups defined here.
+``hpasc.cli.COMMANDS`` names every command (group, name, ``module:function``) and imports a
+module only when one of its commands runs. This package holds what the command modules share.
 """
 
 from __future__ import annotations
@@ -16,34 +16,6 @@ APP_SETTINGS: dict = {
     "rich_markup_mode": None,
     "context_settings": {"help_option_names": ["-h", "--help"]},
 }
-
-
-def _group(help_text: str) -> typer.Typer:
-    return typer.Typer(help=help_text, **APP_SETTINGS)
-
-
-train_app = _group("Train a model per fold (image-level CAM model or cell-level crop model).")
-predict_app = _group("Predict per-cell probabilities with trained runs.")
-weights_app = _group("Segmentation network weights (HPA U-Net).")
-submission_app = _group("Inspect and validate Kaggle submission files.")
-import_app = _group("Import external data (public HPA images).")
-cells_app = _group("Cell tables: average, inspect.")
-
-GROUPS = {
-    "train": train_app,
-    "predict": predict_app,
-    "weights": weights_app,
-    "submission": submission_app,
-    "import": import_app,
-    "cells": cells_app,
-}
-
-
-def register_groups(app: typer.Typer) -> None:
-    """Attach the shared groups that have at least one command."""
-    for name, group in GROUPS.items():
-        if group.registered_commands or group.registered_groups:
-            app.add_typer(group, name=name)
 
 
 def warn_if_in_memory(*outputs: str | None) -> None:

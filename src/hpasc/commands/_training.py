@@ -10,7 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import typer
+
+from hpasc.errors import ConfigError
+from hpasc.io import runs
+from hpasc.predict.base import write_predictions
+from hpasc.train.fitting import folds_to_train
 
 Tables = tuple[Any, Any]  # (cell table, image-level table)
 
@@ -45,7 +51,6 @@ def train_folds(
     run_dir: Path | None,
 ) -> None:
     """Load ``config`` with ``overrides`` and train each selected fold into ``run_dir``."""
-    from hpasc.train.fitting import folds_to_train
 
     cfg = load_config(config, overrides or [])
     run_dir = run_dir or Path("runs") / (cfg.name or config.stem)
@@ -55,15 +60,12 @@ def train_folds(
 
 
 def check_split(split: str) -> None:
-    from hpasc.errors import ConfigError
-
     if split not in ("valid", "test"):
         raise ConfigError(f"--split must be valid or test, got {split!r}")
 
 
 def check_tta(tta: str | None) -> None:
     """:class:`ConfigError` unless ``--tta`` is unset or one of :data:`TTA_CHOICES`."""
-    from hpasc.errors import ConfigError
 
     if tta is not None and tta not in TTA_CHOICES:
         raise ConfigError(f"--tta must be {' or '.join(TTA_CHOICES)}, got {tta!r}")
@@ -86,11 +88,6 @@ def predict_folds(
     ``split="valid"``: ``predict_valid(fold)`` for each fold, written into each fold folder
     without ``output``, joined into ``output`` with it.
     """
-    import pandas as pd
-
-    from hpasc.errors import ConfigError
-    from hpasc.io import runs
-    from hpasc.predict.base import write_predictions
 
     folds = runs.find_fold_dirs(run)
     if split == "test":

@@ -20,6 +20,10 @@ from hpasc.commands._training import (
     predict_folds,
     train_folds,
 )
+from hpasc.predict.base import PredictOptions
+from hpasc.predict.cell_level import predict_cell_fields, predict_cell_valid
+from hpasc.runconfig.cell_level import load_cell_level_config
+from hpasc.train.cell_level import train_fold
 
 
 def train_cell_level(
@@ -34,8 +38,6 @@ def train_cell_level(
     run_dir: Path = RUN_DIR,
 ) -> None:
     """Train a cell-level crop classifier (soft or image labels) on one fold or all folds."""
-    from hpasc.runconfig.cell_level import load_cell_level_config
-    from hpasc.train.cell_level import train_fold
 
     train_folds(load_cell_level_config, train_fold, config, overrides, fold, resume, run_dir)
 
@@ -69,8 +71,6 @@ def predict_cell_level(
     device: str = DEVICE,
 ) -> None:
     """Predict per-cell probabilities with cell-level runs (optional D4 TTA, mean of the folds)."""
-    from hpasc.predict.base import PredictOptions
-    from hpasc.predict.cell_level import predict_cell_fields, predict_cell_valid
 
     check_split(split)
     check_tta(tta)
@@ -87,10 +87,3 @@ def predict_cell_level(
         test_needs="--crops",
         test_ready=bool(crops),
     )
-
-
-def register(app: typer.Typer) -> None:
-    from hpasc.commands import predict_app, train_app
-
-    train_app.command("cell-level")(train_cell_level)
-    predict_app.command("cell-level")(predict_cell_level)

@@ -20,6 +20,11 @@ from hpasc.commands._training import (
     predict_folds,
     train_folds,
 )
+from hpasc.predict.base import PredictOptions, write_predictions
+from hpasc.predict.image_level import predict_fields, predict_valid
+from hpasc.predict.oof import join_oof
+from hpasc.runconfig.image_level import load_image_level_config
+from hpasc.train.image_level import train_fold
 
 
 def train_image_level(
@@ -34,8 +39,6 @@ def train_image_level(
     run_dir: Path = RUN_DIR,
 ) -> None:
     """Train an image-level CAM-consistency model on one fold or all folds."""
-    from hpasc.runconfig.image_level import load_image_level_config
-    from hpasc.train.image_level import train_fold
 
     train_folds(load_image_level_config, train_fold, config, overrides, fold, resume, run_dir)
 
@@ -73,8 +76,6 @@ def predict_image_level(
     device: str = DEVICE,
 ) -> None:
     """Predict per-cell probabilities with image-level runs (CAM mean in each cell, optional D4 TTA)."""
-    from hpasc.predict.base import PredictOptions
-    from hpasc.predict.image_level import predict_fields, predict_valid
 
     check_split(split)
     check_tta(tta)
@@ -110,17 +111,7 @@ def oof(
     ),
 ) -> None:
     """Join each fold's validation predictions into one out-of-fold table over all training fields."""
-    from hpasc.predict.base import write_predictions
-    from hpasc.predict.oof import join_oof
 
     cells, images = join_oof(runs_)
     paths = write_predictions(cells, images, output, image_output)
     typer.echo(f"out-of-fold: {len(images)} fields, {len(cells)} cells -> {paths[0]}, {paths[1]}")
-
-
-def register(app: typer.Typer) -> None:
-    from hpasc.commands import predict_app, train_app
-
-    train_app.command("image-level")(train_image_level)
-    predict_app.command("image-level")(predict_image_level)
-    app.command("oof")(oof)

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as tvf
 
 # ----------------------------------------------------------------------------------- CutMix
 
@@ -159,7 +162,6 @@ def drop_cells(
     candidates are only the cells actually present (after cropping), never absent ids.
     Returns new arrays.
     """
-    import cv2
 
     present = np.flatnonzero(np.bincount(mask.ravel()))
     present = present[present > 0]
@@ -209,8 +211,6 @@ def affine(x: torch.Tensor, params: AffineParams, nearest: bool = False) -> torc
 
     ``nearest=True`` for masks (integer ids survive exactly); bilinear otherwise.
     """
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as tvf
 
     if params.is_identity:
         return x

@@ -30,8 +30,15 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from hpasc.classes import NUM_CLASSES
+from hpasc.classes import NUM_CLASSES, read_labels
+from hpasc.data.fields import PseudoLabels
+from hpasc.data.folds import make_folds, read_folds
 from hpasc.errors import ConfigError, InputError
+from hpasc.io import cropset
+from hpasc.io.cropset import CropReader
+from hpasc.io.store import Store
+from hpasc.paths import anchor
+from hpasc.prepare import CELL_TABLE
 from hpasc.progress import track
 
 PARTS = ("train", "valid", "all")
@@ -146,7 +153,6 @@ def _check_unique(ids: Sequence[str]) -> None:
 
 def _record_cell_ids(store, image_id: str) -> np.ndarray:
     """The cell ids of one record (only its header is read)."""
-    from hpasc.io import cropset
 
     return cropset.read_cell_ids(store, image_id).astype(np.int64)
 
@@ -157,8 +163,6 @@ def cell_lists(store, image_ids: Sequence[str], progress: bool = True) -> list[n
     Read from the crop set's cell table (``cells.parquet``, written by ``hpasc crop``) when it
     has one, else from the records. A field without a record is an error naming it.
     """
-    from hpasc.io import cropset
-    from hpasc.prepare import CELL_TABLE
 
     have = set(cropset.list_ids(store))
     missing = [i for i in image_ids if i not in have]
@@ -187,7 +191,6 @@ def cell_lists(store, image_ids: Sequence[str], progress: bool = True) -> list[n
 
 def _field_folds(path: str | None, labels, n_folds: int, fold_seed: int) -> np.ndarray:
     """Fold of every field of ``labels``: from the fold table ``path``, else made per source."""
-    from hpasc.data.folds import make_folds, read_folds
 
     table = read_folds(path) if path else make_folds(labels, n_folds, fold_seed)
     fold_of = dict(zip(table["ID"].astype(str), table["fold"].astype(int), strict=True))
@@ -213,7 +216,6 @@ def build_cell_set(
     (image_id, cell_id) when given, else the image labels broadcast to the cells (zeros when
     ``image_labels`` is None, e.g. a test set). A cell without a soft label is an error naming it.
     """
-    from hpasc.io.store import Store
 
     image_ids = [str(i) for i in image_ids]
     n = len(image_ids)
@@ -276,8 +278,6 @@ def source_fields(data_cfg) -> list[SourceFields]:
     Folds come from the source's fold table, or are made per source from its labels (the
     reference stratified Kaggle train and public HPA separately).
     """
-    from hpasc.classes import read_labels
-    from hpasc.paths import anchor
 
     if not data_cfg.sources:
         raise ConfigError("data.sources is empty: list at least one crop set with its labels")
@@ -309,8 +309,6 @@ def load_sources(
     image labels are broadcast to the cells (validation always uses image labels, as the
     reference did). ``crops`` replaces the crop set of every source.
     """
-    from hpasc.data.fields import PseudoLabels
-    from hpasc.paths import anchor
 
     sets, tables = [], {}
     for fields in source_fields(data_cfg):
@@ -456,15 +454,12 @@ class CropStream(IterableDataset):
     # -- iteration
 
     def _store(self, index: int):
-        from hpasc.io.store import Store
-
         if index not in self._stores:
             self._stores[index] = Store(self.cells.stores[index])
         return self._stores[index]
 
     def _field_items(self, f: int) -> Iterator[tuple[np.ndarray, int]]:
         """(crop, row) for every cell of field ``f``, reading its record once."""
-        from hpasc.io import cropset
 
         image_id = self.cells.image_ids[f]
         store = self._store(int(self.cells.store_index[f]))
@@ -552,8 +547,6 @@ class CropCells(Dataset):
     """
 
     def __init__(self, cells: CellSet) -> None:
-        from hpasc.io.cropset import CropReader
-
         self.cells = cells
         self._field = cells.cell_field().astype(np.int32)
         self._reader = CropReader(cells.stores)

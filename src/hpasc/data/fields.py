@@ -20,13 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
+import cv2
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from hpasc.classes import NUM_CLASSES
+from hpasc.cells import PROB_COLUMNS, read_table
+from hpasc.classes import NUM_CLASSES, read_labels
+from hpasc.data.augment import drop_cells, synthesize_green
+from hpasc.data.folds import make_folds, read_folds
 from hpasc.errors import ConfigError, InputError
+from hpasc.io.images import list_field_ids, read_field, read_mask
+from hpasc.io.store import Store
+from hpasc.paths import anchor
 
 MODES = ("train", "valid", "predict")
 
@@ -85,11 +93,6 @@ def load_field_table(data_cfg, check_images: bool = True) -> FieldTable:
     ``make_folds(labels, n_folds, fold_seed)`` (the reference stratified Kaggle train and public
     HPA separately). A labelled field without images is an :class:`InputError`.
     """
-    from hpasc.classes import read_labels
-    from hpasc.data.folds import make_folds, read_folds
-    from hpasc.io.images import list_field_ids
-    from hpasc.io.store import Store
-    from hpasc.paths import anchor
 
     if not data_cfg.sources:
         raise ConfigError("data.sources is empty: list at least one source (images, masks, labels)")
@@ -149,8 +152,6 @@ class PseudoLabels:
         source: str = "cell table",
         fields: Iterable[str] | None = None,
     ) -> None:
-        from hpasc.cells import PROB_COLUMNS
-
         missing = {"image_id", "cell_id", *PROB_COLUMNS} - set(table.columns)
         if missing:
             raise InputError(f"{source}: missing column(s) {sorted(missing)}")
@@ -175,7 +176,6 @@ class PseudoLabels:
     def read(cls, paths: str | list[str]) -> PseudoLabels:
         """The cell table(s) at ``paths``; ``images.parquet`` beside each, when all have one,
         tells which fields were predicted (zero-cell ones included)."""
-        from hpasc.cells import read_table
 
         paths = [paths] if isinstance(paths, str) else list(paths)
         tables = [read_table(p) for p in paths]
@@ -236,7 +236,6 @@ def renumber_cells(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def build_albumentations(specs: list[dict[str, Any]]):
     """An albumentations ``Compose`` from ``[{"type": "GaussNoise", "p": 0.5, ...}, ...]``."""
-    import albumentations as A
 
     out = []
     for spec in specs:
@@ -257,8 +256,6 @@ def build_albumentations(specs: list[dict[str, Any]]):
 def geometric_transform(mode: str, crop: int | None, hflip_p: float = 0.0, vflip_p: float = 0.0):
     """Crop and flips applied to image and mask together (``mode`` train: random crop and flips;
     valid: centre crop; predict: nothing). Fields smaller than the crop are zero-padded."""
-    import albumentations as A
-    import cv2
 
     ops: list = []
     if crop and mode != "predict":
@@ -342,7 +339,6 @@ class FieldDataset(Dataset):
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw field (H×W×4 uint8) and its mask (H×W)."""
-        from hpasc.io.images import read_field, read_mask
 
         row = self.rows[i]
         images, masks = self.table.stores[self.table.source[row]]
@@ -359,8 +355,6 @@ class FieldDataset(Dataset):
         row = self.rows[i]
         label = self.table.y[row].astype(np.float32)
         if self.green is not None and self.green.enabled:
-            from hpasc.data.augment import synthesize_green
-
             image, label = synthesize_green(image, label, rng, self.green)
         seeded = random.Random(int(rng.integers(2**63)))
         self.geometric.set_random_state(rng, seeded)
@@ -377,8 +371,6 @@ class FieldDataset(Dataset):
                 self.heavy_pixel.set_random_state(rng, seeded)
                 heavy = self.heavy_pixel(image=heavy)["image"]
             if self.drop_cell_p > 0 and rng.random() < self.drop_cell_p:
-                from hpasc.data.augment import drop_cells
-
                 heavy, local = drop_cells(heavy, local, rng)
             item["heavy"] = normalize(heavy, self.mean, self.std)
             if self.pseudo is not None:

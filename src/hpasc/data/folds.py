@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from hpasc.classes import LabelTable
 from hpasc.errors import InputError
@@ -17,7 +18,6 @@ def make_folds(labels: LabelTable, n_folds: int = 5, seed: int = 0) -> pd.DataFr
 
     Returns a frame ``ID,fold`` in the label table's order.
     """
-    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
     if n_folds < 2:
         raise ValueError(f"n_folds must be >= 2, got {n_folds}")

@@ -15,6 +15,7 @@ import zlib
 
 import cv2
 import numpy as np
+import tifffile
 
 from hpasc.errors import InputError
 from hpasc.io.store import Store
@@ -318,8 +319,6 @@ def _decode_raw(data: bytes, name: str) -> np.ndarray:
         except (OSError, EOFError, zlib.error) as e:
             raise InputError(f"{name}: not a readable gzip file ({e})") from None
     if ext in _TIFF_EXTS:
-        import tifffile
-
         try:
             array = tifffile.imread(io.BytesIO(data))
         except Exception as e:  # tifffile raises many types for corrupt input

@@ -6,9 +6,15 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, TypeVar
 
+import timm
+import torch
 from torch import nn
+
+from hpasc.errors import ConfigError
+from hpasc.models.weights import load_weights
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -31,10 +37,6 @@ class SMPFeatures(nn.Module):
     planes), :meth:`forward` its spatial mean."""
 
     def __init__(self, name: str, in_chans: int, pretrained: bool, **kwargs: Any) -> None:
-        import torch
-
-        from hpasc.errors import ConfigError
-
         super().__init__()
         parts = name.split("-", 2)
         if len(parts) != 3 or not all(parts):
@@ -76,11 +78,6 @@ class SMPFeatures(nn.Module):
 
 def check_arch(arch: str, key: str = "model.arch") -> None:
     """:class:`ConfigError` naming ``key`` and the closest timm names unless timm knows ``arch``."""
-    import difflib
-
-    import timm
-
-    from hpasc.errors import ConfigError
 
     if arch.startswith(SMP_PREFIX) or timm.is_model(arch):
         return  # smp-<Arch>-<encoder> names are checked by SMPFeatures
@@ -99,7 +96,6 @@ def create_backbone(cfg: Any) -> nn.Module:
     config has them): the original's options to halve the stride of the feature map (a finer
     CAM), see :func:`finer_stride`.
     """
-    import timm
 
     if cfg.arch.startswith(SMP_PREFIX):
         return SMPFeatures(cfg.arch, cfg.in_chans, cfg.pretrained, **cfg.backbone_kwargs)
@@ -122,7 +118,6 @@ def finer_stride(model: nn.Module, remove_maxpool: bool, remove_first_stride2: b
     """In place: ``remove_maxpool`` replaces the stem's ``maxpool`` (timm ResNet family) by an
     identity; ``remove_first_stride2`` sets the stride of the first ``Conv2d`` to 1. Each
     halves the network's output stride, as in the original."""
-    from hpasc.errors import ConfigError
 
     if remove_maxpool:
         if not isinstance(getattr(model, "maxpool", None), nn.Module):
@@ -145,7 +140,6 @@ def build_with_init(model_cls: type[M], cfg: Any, fold: int | None = None) -> M:
     to the model are skipped with a warning (PyTorch's ``strict=False``), as the original
     loaded a pretrained cell model.
     """
-    from hpasc.models.weights import load_weights
 
     model = model_cls(cfg)
     if cfg.init_from:

@@ -83,8 +83,6 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
         first = str(exc).splitlines()[:3]
         raise InputError(f"{path} does not fit this model: {' '.join(first)}") from exc
     if not strict and (result.missing_keys or result.unexpected_keys):
-        import warnings
-
         warnings.warn(
             f"{path}: {len(result.missing_keys)} missing and {len(result.unexpected_keys)} unexpected keys",
             stacklevel=2,

@@ -19,9 +19,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hpasc.cells import PROB_COLUMNS, average_tables, write_table
+from hpasc.classes import CLASS_NAMES
 from hpasc.errors import InputError
+from hpasc.io import images as imio
 from hpasc.io.atomic import atomic_open, atomic_write
 from hpasc.io.runs import CELL_LEVEL, RunFolder, open_run
+from hpasc.io.store import Store
+from hpasc.predict.base import PredictOptions
+from hpasc.predict.cell_level import predict_cell_fields
+from hpasc.predict.image_level import predict_fields
+from hpasc.prepare import crop_set, resize_set
+from hpasc.segment.sets import segment_set
+from hpasc.viz import field_overlay, png_bytes, top_class
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +51,6 @@ def predict_fields_end_to_end(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Segment every field of ``images``, predict its cells with every run, average, write OUT."""
-    from hpasc.cells import PROB_COLUMNS, average_tables, write_table
-    from hpasc.classes import CLASS_NAMES
-    from hpasc.io import images as imio
-    from hpasc.io.store import Store
-    from hpasc.predict.base import PredictOptions
-    from hpasc.predict.cell_level import predict_cell_fields
-    from hpasc.predict.image_level import predict_fields
-    from hpasc.prepare import crop_set, resize_set
-    from hpasc.segment.sets import segment_set
-    from hpasc.viz import field_overlay, png_bytes, top_class
 
     out = Path(out)
     if out.is_file():

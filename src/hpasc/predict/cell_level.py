@@ -22,10 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hpasc.cells import make_table
 from hpasc.classes import NUM_CLASSES
 from hpasc.data.augment import D4_SIZE, d4_transform
+from hpasc.data.crops import CropStream, build_cell_set, load_sources, stream_loader
 from hpasc.errors import InputError
 from hpasc.io import runs
+from hpasc.io.store import Store
+from hpasc.models.cell import CellClassifier, crops_to_input
 from hpasc.predict.base import (
     PredictOptions,
     inference_autocast,
@@ -33,7 +37,9 @@ from hpasc.predict.base import (
     make_image_table,
     resolve_device,
 )
+from hpasc.prepare import list_crop_ids
 from hpasc.progress import track
+from hpasc.runconfig.cell_level import load_cell_level_config
 
 TTA_MODES = ("d4", "none")
 
@@ -45,8 +51,6 @@ def load_cell_fold(
 
     ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
     """
-    from hpasc.models.cell import CellClassifier
-    from hpasc.runconfig.cell_level import load_cell_level_config
 
     return load_fold_model(fold_path, load_cell_level_config, CellClassifier, checkpoint, device)
 
@@ -63,7 +67,6 @@ def predict_crops(
     ``crops`` B×8×S×S, uint8 (each model scales them by its ``input_range``) or floats.
     ``precision``: see :func:`hpasc.predict.base.inference_autocast`.
     """
-    from hpasc.models.cell import crops_to_input
 
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
@@ -98,8 +101,6 @@ def predict_cell_set(
     precision: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cell table and image-level table of every cell and field of a :class:`CellSet`."""
-    from hpasc.cells import make_table
-    from hpasc.data.crops import CropStream, stream_loader
 
     device = torch.device(device)
     stream = CropStream(cell_set, batch_size, train=False, num_workers=num_workers)
@@ -129,7 +130,6 @@ def predict_cell_valid(
     The fields and crop sets come from the fold's config; ``crops`` replaces the crop set (e.g.
     crops cut at another resolution; configs with one source only).
     """
-    from hpasc.data.crops import load_sources
 
     fold_path = Path(fold_path)
     device = resolve_device(options.device)
@@ -155,9 +155,6 @@ def predict_cell_fields(
     ids: Sequence[str] | None = None,
 ):
     """Predict every field of the crop set ``crops`` (or ``ids``) with the mean of the fold models."""
-    from hpasc.data.crops import build_cell_set
-    from hpasc.io.store import Store
-    from hpasc.prepare import list_crop_ids
 
     if not fold_paths:
         raise InputError("no fold folders to predict with")

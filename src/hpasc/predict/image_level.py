@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from hpasc.cells import make_table
 from hpasc.classes import NUM_CLASSES
@@ -109,7 +110,6 @@ def predict_dataset(
     precision: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cell table and image-level table of every field of a ``FieldDataset`` in predict mode."""
-    from torch.utils.data import DataLoader
 
     device = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)

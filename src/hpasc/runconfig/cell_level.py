@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpasc.config import load_config
 from hpasc.data.crops import SAMPLINGS, CropSourceConfig
 from hpasc.errors import ConfigError
 from hpasc.models.cell import HEADS, INPUT_RANGES, CellModelConfig
 from hpasc.models.losses import OBJECTIVES
+from hpasc.paths import anchor_overrides
 from hpasc.runconfig.image_level import (
     INFERENCE_PRECISIONS,
     ValidationConfig,
@@ -119,8 +121,6 @@ def validate(cfg: CellLevelConfig) -> CellLevelConfig:
 
 def load_cell_level_config(path: str | Path | None, overrides: list[str] = ()) -> CellLevelConfig:
     """Read and check a cell-level config (YAML + ``a.b=value`` overrides)."""
-    from hpasc.config import load_config
-    from hpasc.paths import anchor_overrides
 
     return validate(
         load_config(CellLevelConfig, path, anchor_overrides(overrides, CropSourceConfig))

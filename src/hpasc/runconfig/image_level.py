@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpasc.config import check_ranges, load_config
 from hpasc.errors import ConfigError
+from hpasc.models.backbone import check_arch
 from hpasc.models.cam import CAMModelConfig
 from hpasc.models.losses import CONSISTENCY_CRITERIA, OBJECTIVES
-from hpasc.runconfig.optim import OptimConfig
-from hpasc.runconfig.trainer import TrainerConfig
+from hpasc.paths import anchor_overrides
+from hpasc.runconfig.optim import OptimConfig, validate_optim
+from hpasc.runconfig.trainer import TrainerConfig, validate_trainer
 
 #: ``predict.precision`` values (as Lightning's ``trainer.precision`` names them)
 INFERENCE_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
@@ -171,7 +174,6 @@ _MODEL_RANGES = {"cosine_scale": _POSITIVE, "in_chans": (1, None)}
 
 def check_sections(cfg: Any, ranges: dict[str, dict[str, tuple]]) -> None:
     """:func:`hpasc.config.check_ranges` of each section of ``cfg`` named in ``ranges``."""
-    from hpasc.config import check_ranges
 
     for section, fields in ranges.items():
         check_ranges(getattr(cfg, section), section, fields)
@@ -179,10 +181,6 @@ def check_sections(cfg: Any, ranges: dict[str, dict[str, tuple]]) -> None:
 
 def check_common(cfg: Any) -> None:
     """Checks both schemas share: trainer, optim and model sections (``model.arch`` a timm name)."""
-    from hpasc.config import check_ranges
-    from hpasc.models.backbone import check_arch
-    from hpasc.runconfig.optim import validate_optim
-    from hpasc.runconfig.trainer import validate_trainer
 
     validate_trainer(cfg.trainer)
     validate_optim(cfg.optim)
@@ -193,7 +191,6 @@ def check_common(cfg: Any) -> None:
 def check_data(data: Any, required: tuple[str, ...]) -> None:
     """Checks of a ``data`` section both schemas share: fold count, batch size, workers, and
     the ``required`` paths of every source."""
-    from hpasc.config import check_ranges
 
     check_ranges(data, "data", _DATA_RANGES)
     for i, src in enumerate(data.sources):
@@ -239,7 +236,5 @@ def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
 
 def load_image_level_config(path: str | Path | None, overrides: list[str] = ()) -> ImageLevelConfig:
     """Read and check an image-level config (YAML + ``a.b=value`` overrides)."""
-    from hpasc.config import load_config
-    from hpasc.paths import anchor_overrides
 
     return validate(load_config(ImageLevelConfig, path, anchor_overrides(overrides, SourceConfig)))

@@ -13,6 +13,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from hpasc.errors import InputError
 from hpasc.segment.base import (
@@ -65,8 +66,6 @@ class CellposeSegmenter(Segmenter):
     ) -> None:
         models = import_cellpose_models()
         if gpu is None:
-            import torch
-
             gpu = torch.cuda.is_available()
         self.model = models.CellposeModel(gpu=gpu, model_type=model_type)
         self.diameter = diameter

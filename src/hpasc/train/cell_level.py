@@ -13,11 +13,21 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
+import torch
 
+from hpasc.data.crops import CropStream, load_sources, source_fields, stream_loader, uniform_loader
 from hpasc.errors import ConfigError
 from hpasc.io import runs
+from hpasc.io.runs import dump_config
+from hpasc.io.store import Store
+from hpasc.paths import anchor
+from hpasc.predict.cell_level import predict_cell_valid
 from hpasc.runconfig.cell_level import CellLevelConfig
+from hpasc.train.cell_level_module import CellLevelModule
 from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
+from hpasc.train.trainer import build_trainer, seed_everything
+from hpasc.train.validation import CellMetric, read_solution
 
 log = logging.getLogger("hpasc.train")
 
@@ -48,12 +58,6 @@ class StreamPlacement(L.Callback):
 
 def _cell_metric(cfg: CellLevelConfig, fold: int):
     """The competition-metric hook when every source with validation fields has a solution."""
-    import pandas as pd
-
-    from hpasc.data.crops import source_fields
-    from hpasc.io.store import Store
-    from hpasc.paths import anchor
-    from hpasc.train.validation import CellMetric, read_solution
 
     if not cfg.validation.cell_metric:
         return None
@@ -87,12 +91,6 @@ def train_fold(
     without it, a fold folder that already holds a checkpoint is an :class:`OutputError`.
     ``callbacks``: extra Lightning callbacks (early stopping, profiling, …).
     """
-    import torch
-
-    from hpasc.data.crops import CropStream, load_sources, stream_loader, uniform_loader
-    from hpasc.io.runs import dump_config
-    from hpasc.train.cell_level_module import CellLevelModule
-    from hpasc.train.trainer import build_trainer, seed_everything
 
     cfg = absolute_data_root(cfg)
     out, ckpt = open_fold(run_dir, fold, resume, fold_path, cfg)
@@ -149,6 +147,5 @@ def predict_fold_valid(
     fold_path: str | Path, device: str = "auto", progress: bool = True
 ) -> tuple[Path, Path]:
     """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold."""
-    from hpasc.predict.cell_level import predict_cell_valid
 
     return write_fold_valid(predict_cell_valid, fold_path, device, progress)

@@ -17,6 +17,7 @@ ground truth), the competition metric.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hpasc.cells import make_table
+from hpasc.config import to_dict
 from hpasc.data.augment import (
     CutMixBox,
     affine,
@@ -87,9 +90,6 @@ class CellLevelModule(L.LightningModule):
         load_init: bool = True,
     ) -> None:
         super().__init__()
-        import dataclasses
-
-        from hpasc.config import to_dict
 
         # (ignore: Lightning compares every init argument with the dict, a DataFrame cannot be)
         self.save_hyperparameters(
@@ -172,8 +172,6 @@ class CellLevelModule(L.LightningModule):
             self.log(f"valid/{name}", value, prog_bar=name in ("map", "cell_map"), sync_dist=False)
 
     def _cell_table(self, rows: np.ndarray, logits: np.ndarray):
-        from hpasc.cells import make_table
-
         keys = self.valid_keys.iloc[rows]
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         return make_table(keys["image_id"].to_numpy(), keys["cell_id"].to_numpy(), probs)

@@ -14,8 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpasc.config import read_yaml, to_dict
 from hpasc.errors import ConfigError, OutputError
 from hpasc.io import runs
+from hpasc.models.weights import check_checkpoint
+from hpasc.paths import anchor
+from hpasc.predict.base import PredictOptions, write_predictions
 
 
 def folds_to_train(cfg: Any, fold: str) -> list[int]:
@@ -36,7 +40,6 @@ def folds_to_train(cfg: Any, fold: str) -> list[int]:
 
 def absolute_data_root(cfg: Any) -> Any:
     """``cfg`` with ``data.root`` as an absolute path, so the saved config works from any directory."""
-    from hpasc.paths import anchor
 
     root = anchor(cfg.data.root)
     if root == cfg.data.root:
@@ -62,7 +65,6 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def _check_resumed_config(out: Path, cfg: Any) -> None:
     """A resumed fold continues only with the config it was trained with (``config.yaml``)."""
-    from hpasc.config import read_yaml, to_dict
 
     saved_file = runs.config_path(out)
     if not saved_file.is_file():
@@ -107,7 +109,6 @@ def open_fold(
         return out, None
     if cfg is not None:
         _check_resumed_config(out, cfg)
-    from hpasc.models.weights import check_checkpoint
 
     # Lightning would fail inside fit() with a page of torch advice; say it in one line first
     check_checkpoint(last, fix=f"delete {out} to train this fold afresh, or pass another --run-dir")
@@ -134,7 +135,6 @@ def write_fold_valid(
 
     ``predict_valid(fold_path, options)`` returns the fold's (cell table, image-level table).
     """
-    from hpasc.predict.base import PredictOptions, write_predictions
 
     fold_path = Path(fold_path)
     cells, images = predict_valid(fold_path, PredictOptions(device=device, progress=progress))

@@ -12,19 +12,27 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 
 from hpasc.data.augment import GreenSynthesis
+from hpasc.data.fields import FieldDataset, PseudoLabels, collate_fields, load_field_table
 from hpasc.io import runs
+from hpasc.io.runs import dump_config
 from hpasc.paths import anchor
+from hpasc.predict.image_level import predict_valid
 from hpasc.runconfig.image_level import ImageLevelConfig
+from hpasc.train.callbacks import DatasetEpoch, EpochSampler
 from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
+from hpasc.train.image_level_module import CAMConsistencyModule
+from hpasc.train.trainer import build_trainer, seed_everything
+from hpasc.train.validation import CellMetric, read_solution
 
 log = logging.getLogger("hpasc.train")
 
 
 def _pseudo_labels(cfg: ImageLevelConfig):
-    from hpasc.data.fields import PseudoLabels
-
     paths = list(
         dict.fromkeys(
             anchor(s.pseudo_labels, cfg.data.root) for s in cfg.data.sources if s.pseudo_labels
@@ -38,7 +46,6 @@ def _pseudo_labels(cfg: ImageLevelConfig):
 def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
     """The competition-metric hook when every validation field's source has a solution and
     validation sees whole fields; None otherwise."""
-    from hpasc.train.validation import CellMetric, read_solution
 
     if (
         not cfg.validation.cell_metric
@@ -49,7 +56,6 @@ def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
     sources = sorted({int(table.source[r]) for r in valid_rows})
     if not all(cfg.data.sources[s].solution for s in sources):
         return None
-    import pandas as pd
 
     solution = pd.concat(
         [read_solution(anchor(cfg.data.sources[s].solution, cfg.data.root)) for s in sources],
@@ -60,12 +66,6 @@ def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
 
 
 def _loaders(cfg: ImageLevelConfig, train_ds, valid_ds, seed: int):
-    import torch
-    from torch.utils.data import DataLoader
-
-    from hpasc.data.fields import collate_fields
-    from hpasc.train.callbacks import EpochSampler
-
     d = cfg.data
     common = dict(
         num_workers=d.num_workers, collate_fn=collate_fields, pin_memory=torch.cuda.is_available()
@@ -95,11 +95,6 @@ def train_fold(
     ``resume`` continues from ``checkpoints/last.ckpt`` when it exists (a fresh start otherwise);
     without it, a fold folder that already holds a checkpoint is an :class:`OutputError`.
     """
-    from hpasc.data.fields import FieldDataset, load_field_table
-    from hpasc.io.runs import dump_config
-    from hpasc.train.callbacks import DatasetEpoch
-    from hpasc.train.image_level_module import CAMConsistencyModule
-    from hpasc.train.trainer import build_trainer, seed_everything
 
     cfg = absolute_data_root(cfg)
     out, ckpt = open_fold(run_dir, fold, resume, fold_path, cfg)
@@ -154,6 +149,5 @@ def predict_fold_valid(
     fold_path: str | Path, device: str = "auto", progress: bool = True
 ) -> tuple[Path, Path]:
     """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold."""
-    from hpasc.predict.image_level import predict_valid
 
     return write_fold_valid(predict_valid, fold_path, device, progress)

@@ -17,13 +17,17 @@ Validation: image-level mAP, BCE and focal on the validation fields, and, when t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from hpasc.cells import make_table
+from hpasc.config import to_dict
 from hpasc.data.augment import affine, cutmix, inverse_cutmix, sample_affine, sample_cutmix_boxes
 from hpasc.models.cam import build_cam_model, cell_logits, upsample_cam
 from hpasc.models.losses import classification_loss, consistency_loss, small_cell_weights
@@ -46,8 +50,6 @@ def cell_predictions(
 
 
 def _all_gather(obj: Any) -> list[Any]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         out: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(out, obj)
@@ -71,9 +73,6 @@ class CAMConsistencyModule(L.LightningModule):
         load_init: bool = True,
     ) -> None:
         super().__init__()
-        import dataclasses
-
-        from hpasc.config import to_dict
 
         self.save_hyperparameters({"config": to_dict(cfg), "fold": fold})
         self.cfg = cfg
@@ -239,8 +238,6 @@ class CAMConsistencyModule(L.LightningModule):
             self.log(f"valid/{name}", value, prog_bar=name in ("map", "cell_map"), sync_dist=True)
 
     def _cell_table(self, outputs: list[dict[str, Any]]):
-        from hpasc.cells import make_table
-
         ids = self.trainer.val_dataloaders.dataset.table.ids
         seen: set[int] = set()
         image_ids, cell_ids, probs = [], [], []

@@ -16,18 +16,28 @@ training, checkpoints, logging and progress is decided here from a :class:`Train
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 from pathlib import Path
 from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch import loggers as pl_loggers
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.strategies import DDPStrategy
 
 from hpasc.errors import ConfigError
 from hpasc.io.runs import BEST_PREFIX, LAST_CHECKPOINT, checkpoint_dir, metrics_path
 from hpasc.progress import CONSOLE_KWARGS
 from hpasc.runconfig.trainer import LOGGERS, TrainerConfig, device_count
+from hpasc.train.callbacks import EpochSeed, ForgetUnfinishedSteps
 
 
 def _is_gpu(accelerator: str) -> bool:
-    import torch
-
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
@@ -36,8 +46,6 @@ def resolve_precision(cfg: TrainerConfig) -> str:
     if cfg.precision != "auto":
         return cfg.precision
     if _is_gpu(cfg.accelerator):
-        import torch
-
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
@@ -57,8 +65,6 @@ def resolve_strategy(cfg: TrainerConfig) -> Any:
         return cfg.strategy
     n = device_count(cfg.devices)
     if (n is not None and n > 1) or cfg.num_nodes > 1:
-        from lightning.pytorch.strategies import DDPStrategy
-
         return DDPStrategy(find_unused_parameters=False)
     return "auto"
 
@@ -70,11 +76,6 @@ def _limit(value: float) -> float | int:
 def _appending_csv_logger(save_dir: Path):
     """A CSVLogger writing ``save_dir/metrics.csv`` that keeps the rows of earlier (resumed)
     sessions: Lightning's writer deletes an existing file when it starts."""
-    import csv
-
-    from lightning.fabric.loggers.logger import rank_zero_experiment
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
     class KeepingWriter(ExperimentWriter):
         def _check_log_dir_exists(self) -> None:
@@ -96,7 +97,6 @@ def _appending_csv_logger(save_dir: Path):
 
 def build_loggers(cfg: TrainerConfig, run_dir: Path, name: str = "") -> list:
     """CSV (``metrics.csv`` in ``run_dir``), TensorBoard (``run_dir/tensorboard``), W&B, MLflow."""
-    from lightning.pytorch import loggers as pl_loggers
 
     out = []
     for kind in cfg.loggers:
@@ -132,8 +132,6 @@ def build_loggers(cfg: TrainerConfig, run_dir: Path, name: str = "") -> list:
 
 
 def _require(module: str, package: str) -> None:
-    import importlib.util
-
     if importlib.util.find_spec(module) is None:
         raise ConfigError(
             f"trainer.loggers asks for {module} but it is not installed (pip install {package})"
@@ -158,10 +156,6 @@ def build_trainer(
     >>> trainer = build_trainer(TrainerConfig(max_epochs=2), "runs/tiny/fold-0")
     >>> trainer.fit(module, train_loader, valid_loader, ckpt_path=None)
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-
-    from hpasc.train.callbacks import EpochSeed, ForgetUnfinishedSteps
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -218,6 +212,5 @@ def build_trainer(
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (and DataLoader workers) for a reproducible run."""
-    import lightning as L
 
     L.seed_everything(seed, workers=True, verbose=False)

@@ -15,8 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import average_precision_score
 
+from hpasc.errors import InputError
+from hpasc.io.images import read_mask
+from hpasc.metric import evaluate
 from hpasc.models.losses import focal_loss
+from hpasc.submission import SUBMISSION_COLUMNS, field_rows
 
 
 def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -25,7 +30,6 @@ def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
     (The reference averaged over all 19 classes; a class without positives has no AP, so here it
     is left out rather than counted as NaN/0.) Returns NaN when no class has a positive.
     """
-    from sklearn.metrics import average_precision_score
 
     aps = [
         average_precision_score(y_true[:, k], scores[:, k])
@@ -52,7 +56,6 @@ def classification_metrics(
 
 def read_solution(path: str) -> pd.DataFrame:
     """A solution CSV (``ID,ImageWidth,ImageHeight,PredictionString``) with string ids."""
-    from hpasc.errors import InputError
 
     try:
         df = pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
@@ -67,9 +70,6 @@ def competition_map(
     table: pd.DataFrame, fields: Sequence[tuple[str, Any]], solution: pd.DataFrame
 ) -> float:
     """mAP@0.6 of the cell table ``table`` on ``fields`` = [(image_id, mask store), …]."""
-    from hpasc.io.images import read_mask
-    from hpasc.metric import evaluate
-    from hpasc.submission import SUBMISSION_COLUMNS, field_rows
 
     ids = [fid for fid, _ in fields]
     masks = ((fid, read_mask(store, fid)) for fid, store in fields)
