@@ -49,6 +49,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format src tests benchmarks

@@ -43,7 +43,7 @@ class SMPFeatures(nn.Module):
             raise ConfigError(
                 f"model.arch: {name!r} must be smp-<Arch>-<encoder>, e.g. smp-Unet-resnet18"
             )
-        try:
+        try:  # lazy: slow to import (hub, encoders) and only smp-* archs need it
             import segmentation_models_pytorch as smp
         except ImportError as exc:
             raise ConfigError(
