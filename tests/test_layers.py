@@ -144,7 +144,9 @@ def test_function_level_imports_are_few_and_commented():
 
 def test_counter_sees_nested_imports(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("import os\n\n\ndef f():\n    if True:\n        import json\n    return json\n")
+    module.write_text(
+        "import os\n\n\ndef f():\n    if True:\n        import json\n    return json\n"
+    )
     assert function_level_imports(module) == [(6, "import json")]
 
 
