@@ -41,6 +41,29 @@ WORKERS = typer.Option(0, "--workers", min=0, help="DataLoader worker processes.
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ...")
 
 
+def train_command(
+    load_config: Callable[..., Any],
+    train_fold: Callable[..., Path],
+    config_help: str,
+    overrides_help: str,
+    doc: str,
+) -> Callable[..., None]:
+    """The ``hpasc train <kind>`` command of a model kind: its config loader and fold trainer,
+    the help of its two arguments and its docstring (the command's help)."""
+
+    def command(
+        config: Path = typer.Argument(..., help=config_help),
+        overrides: list[str] = typer.Argument(None, help=overrides_help),
+        fold: str = FOLD,
+        resume: bool = RESUME,
+        run_dir: Path = RUN_DIR,
+    ) -> None:
+        train_folds(load_config, train_fold, config, overrides, fold, resume, run_dir)
+
+    command.__doc__ = doc
+    return command
+
+
 def train_folds(
     load_config: Callable[..., Any],
     train_fold: Callable[..., Path],

@@ -9,37 +9,26 @@ import typer
 from hpasc.commands._training import (
     CHECKPOINT,
     DEVICE,
-    FOLD,
     OUTPUT,
-    RESUME,
-    RUN_DIR,
     TTA,
     WORKERS,
     check_split,
     check_tta,
     predict_folds,
-    train_folds,
+    train_command,
 )
 from hpasc.predict.base import PredictOptions
 from hpasc.predict.cell_level import predict_cell_fields, predict_cell_valid
 from hpasc.runconfig.cell_level import load_cell_level_config
 from hpasc.train.cell_level import train_fold
 
-
-def train_cell_level(
-    config: Path = typer.Argument(
-        ..., help="Cell-level config YAML (e.g. configs/cell-level/resnest50-from768-stage3.yaml)."
-    ),
-    overrides: list[str] = typer.Argument(
-        None, help="Config overrides a.b=value (e.g. data.root=/data/hpa data.batch_size=64)."
-    ),
-    fold: str = FOLD,
-    resume: bool = RESUME,
-    run_dir: Path = RUN_DIR,
-) -> None:
-    """Train a cell-level crop classifier (soft or image labels) on one fold or all folds."""
-
-    train_folds(load_cell_level_config, train_fold, config, overrides, fold, resume, run_dir)
+train_cell_level = train_command(
+    load_cell_level_config,
+    train_fold,
+    "Cell-level config YAML (e.g. configs/cell-level/resnest50-from768-stage3.yaml).",
+    "Config overrides a.b=value (e.g. data.root=/data/hpa data.batch_size=64).",
+    "Train a cell-level crop classifier (soft or image labels) on one fold or all folds.",
+)
 
 
 def predict_cell_level(

@@ -9,16 +9,13 @@ import typer
 from hpasc.commands._training import (
     CHECKPOINT,
     DEVICE,
-    FOLD,
     OUTPUT,
-    RESUME,
-    RUN_DIR,
     TTA,
     WORKERS,
     check_split,
     check_tta,
     predict_folds,
-    train_folds,
+    train_command,
 )
 from hpasc.predict.base import PredictOptions, write_predictions
 from hpasc.predict.image_level import predict_fields, predict_valid
@@ -26,21 +23,13 @@ from hpasc.predict.oof import join_oof
 from hpasc.runconfig.image_level import load_image_level_config
 from hpasc.train.image_level import train_fold
 
-
-def train_image_level(
-    config: Path = typer.Argument(
-        ..., help="Image-level config YAML (e.g. configs/image-level/b2-768.yaml)."
-    ),
-    overrides: list[str] = typer.Argument(
-        None, help="Config overrides a.b=value (e.g. data.root=/data/hpa optim.lr=3e-4)."
-    ),
-    fold: str = FOLD,
-    resume: bool = RESUME,
-    run_dir: Path = RUN_DIR,
-) -> None:
-    """Train an image-level CAM-consistency model on one fold or all folds."""
-
-    train_folds(load_image_level_config, train_fold, config, overrides, fold, resume, run_dir)
+train_image_level = train_command(
+    load_image_level_config,
+    train_fold,
+    "Image-level config YAML (e.g. configs/image-level/b2-768.yaml).",
+    "Config overrides a.b=value (e.g. data.root=/data/hpa optim.lr=3e-4).",
+    "Train an image-level CAM-consistency model on one fold or all folds.",
+)
 
 
 def predict_image_level(

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from hpasc.errors import InputError
+
+
+def without_initial_weights(model_cfg: Any) -> Any:
+    """``model_cfg`` without ImageNet or ``init_from`` weights: a checkpoint brings the weights
+    (resuming a run, predicting with a fold), so nothing is downloaded or read for nothing."""
+    return dataclasses.replace(model_cfg, pretrained=False, init_from=None)
 
 
 def check_checkpoint(path: str | Path, fix: str = "copy it again or use another file") -> None:

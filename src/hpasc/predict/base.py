@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from hpasc.errors import InputError
 from hpasc.io import runs
 from hpasc.io.atomic import atomic_open
 from hpasc.io.store import Store
-from hpasc.models.weights import load_weights
+from hpasc.models.weights import load_weights, without_initial_weights
 
 TTA_MODES = ("d4", "none")
 
@@ -82,9 +83,9 @@ def write_predictions(
 
 
 def load_fold_model(
-    fold_path: str | Path,
     load_config,
     model_cls,
+    fold_path: str | Path,
     checkpoint: str | None = None,
     device: str | torch.device = "cpu",
 ):
@@ -97,9 +98,20 @@ def load_fold_model(
     fold = runs.open_fold(fold_path)
     cfg = load_config(fold.config_path)
     # weights come from the checkpoint: no ImageNet download, no init_from file needed
-    model = model_cls(dataclasses.replace(cfg.model, pretrained=False, init_from=None))
+    model = model_cls(without_initial_weights(cfg.model))
     load_weights(model, fold.checkpoint(checkpoint or cfg.predict.checkpoint))
     return model.to(device).eval(), cfg
+
+
+def load_fold_models(load_fold, fold_paths: Sequence[str | Path], options) -> tuple[Any, list, Any]:
+    """``(device, models, cfg)``: the device ``options.device`` names, the networks of
+    ``fold_paths`` on it (``load_fold(path, options.checkpoint, device)``) and the first fold's
+    config; :class:`InputError` without folds."""
+    if not fold_paths:
+        raise InputError("no fold folders to predict with")
+    device = resolve_device(options.device)
+    loaded = [load_fold(p, options.checkpoint, device) for p in fold_paths]
+    return device, [model for model, _ in loaded], loaded[0][1]
 
 
 def inference_autocast(device: torch.device, precision: str = "auto"):

@@ -15,6 +15,7 @@ cells does); 0 for a field without cells.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from hpasc.predict.base import (
     PredictOptions,
     inference_autocast,
     load_fold_model,
+    load_fold_models,
     make_image_table,
     resolve_device,
 )
@@ -44,15 +46,9 @@ from hpasc.runconfig.cell_level import load_cell_level_config
 TTA_MODES = ("d4", "none")
 
 
-def load_cell_fold(
-    fold_path: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu"
-):
-    """The trained network of a cell-level fold folder in eval mode, and its config.
-
-    ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
-    """
-
-    return load_fold_model(fold_path, load_cell_level_config, CellClassifier, checkpoint, device)
+#: ``load_cell_fold(fold_path, checkpoint=None, device="cpu")``: the network of a cell-level fold folder
+#: in eval mode and its config (:func:`~hpasc.predict.base.load_fold_model`)
+load_cell_fold = functools.partial(load_fold_model, load_cell_level_config, CellClassifier)
 
 
 @torch.no_grad()
@@ -156,16 +152,12 @@ def predict_cell_fields(
 ):
     """Predict every field of the crop set ``crops`` (or ``ids``) with the mean of the fold models."""
 
-    if not fold_paths:
-        raise InputError("no fold folders to predict with")
-    device = resolve_device(options.device)
-    loaded = [load_cell_fold(p, options.checkpoint, device) for p in fold_paths]
-    cfg = loaded[0][1]
+    device, models, cfg = load_fold_models(load_cell_fold, fold_paths, options)
     ids = list(ids) if ids is not None else list_crop_ids(Store(crops))
     if not ids:
         raise InputError(f"no crop records (<id>.crops) in {crops}; make them with `hpasc crop`")
     cell_set = build_cell_set(crops, ids, progress=options.progress)
     return predict_cell_set(
-        [m for m, _ in loaded], cell_set, options.tta or cfg.predict.tta, options.batch_size or cfg.predict.batch_size,
+        models, cell_set, options.tta or cfg.predict.tta, options.batch_size or cfg.predict.batch_size,
         options.num_workers, device, options.progress, options.precision or cfg.predict.precision,
     )  # fmt: skip

@@ -14,6 +14,7 @@ but do appear in the image-level table.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +27,6 @@ from hpasc.cells import make_table
 from hpasc.classes import NUM_CLASSES
 from hpasc.data.augment import D4_SIZE, d4_inverse, d4_transform
 from hpasc.data.fields import FieldDataset, FieldTable, collate_fields, load_field_table
-from hpasc.errors import InputError
 from hpasc.io import runs
 from hpasc.io.images import list_field_ids
 from hpasc.models.cam import CAMClassifier, upsample_cam
@@ -37,22 +37,16 @@ from hpasc.predict.base import (
     _open,
     inference_autocast,
     load_fold_model,
+    load_fold_models,
     make_image_table,
     resolve_device,
 )
 from hpasc.progress import track
 from hpasc.runconfig.image_level import load_image_level_config
 
-
-def load_fold(
-    fold_path: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu"
-):
-    """The trained network of a fold folder (config.yaml + checkpoint) in eval mode, and its config.
-
-    ``checkpoint``: "last", "best", a path, or None for the run's ``predict.checkpoint``.
-    """
-
-    return load_fold_model(fold_path, load_image_level_config, CAMClassifier, checkpoint, device)
+#: ``load_fold(fold_path, checkpoint=None, device="cpu")``: the network of an image-level fold folder
+#: in eval mode and its config (:func:`~hpasc.predict.base.load_fold_model`)
+load_fold = functools.partial(load_fold_model, load_image_level_config, CAMClassifier)
 
 
 @torch.no_grad()
@@ -199,11 +193,7 @@ def predict_fields(
 ):
     """Predict every field of ``images`` (or ``ids``) with the mean of the given fold models."""
 
-    if not fold_paths:
-        raise InputError("no fold folders to predict with")
-    device = resolve_device(options.device)
-    loaded = [load_fold(p, options.checkpoint, device) for p in fold_paths]
-    cfg = loaded[0][1]
+    device, models, cfg = load_fold_models(load_fold, fold_paths, options)
     image_store, mask_store = _open(images), _open(masks)
     ids = list(ids) if ids is not None else list_field_ids(image_store)
     dataset = FieldDataset(
@@ -213,7 +203,7 @@ def predict_fields(
         mode="predict",
     )
     return predict_dataset(
-        [m for m, _ in loaded], dataset, options.tta or cfg.predict.tta, options.upsample or cfg.predict.upsample,
+        models, dataset, options.tta or cfg.predict.tta, options.upsample or cfg.predict.upsample,
         options.batch_size or cfg.predict.batch_size, options.num_workers, device, options.progress,
         options.precision or cfg.predict.precision,
     )  # fmt: skip

@@ -8,6 +8,7 @@ cells into ``valid_cells.parquet`` / ``valid_images.parquet`` (what ``hpasc oof`
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -18,15 +19,19 @@ import torch
 
 from hpasc.data.crops import CropStream, load_sources, source_fields, stream_loader, uniform_loader
 from hpasc.errors import ConfigError
-from hpasc.io import runs
-from hpasc.io.runs import dump_config
 from hpasc.io.store import Store
 from hpasc.paths import anchor
 from hpasc.predict.cell_level import predict_cell_valid
 from hpasc.runconfig.cell_level import CellLevelConfig
 from hpasc.train.cell_level_module import CellLevelModule
-from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
-from hpasc.train.trainer import build_trainer, seed_everything
+from hpasc.train.fitting import (
+    absolute_data_root,
+    fold_trainer,
+    open_fold,
+    predict_after_fit,
+    write_fold_valid,
+)
+from hpasc.train.trainer import seed_everything
 from hpasc.train.validation import CellMetric, read_solution
 
 log = logging.getLogger("hpasc.train")
@@ -123,12 +128,7 @@ def train_fold(
         cfg, fold, _cell_metric(cfg, fold), valid_cells.keys(), load_init=ckpt is None
     )
     callbacks = [StreamPlacement(train_stream, valid_stream), *(callbacks or [])]
-    trainer = build_trainer(
-        cfg.trainer, out, name=f"{cfg.name or 'cell-level'}/fold-{fold}", callbacks=callbacks,
-        seed=cfg.trainer.seed + fold,
-    )  # fmt: skip
-    if trainer.is_global_zero:
-        dump_config(cfg, runs.config_path(out))
+    trainer = fold_trainer(cfg, fold, out, "cell-level", callbacks)
     log.info(
         "fold %d: %d training cells (%d fields), %d validation cells -> %s",
         fold, train_cells.n_cells, train_cells.n_fields, valid_cells.n_cells, out,
@@ -143,9 +143,6 @@ def train_fold(
     return out
 
 
-def predict_fold_valid(
-    fold_path: str | Path, device: str = "auto", progress: bool = True
-) -> tuple[Path, Path]:
-    """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold."""
-
-    return write_fold_valid(predict_cell_valid, fold_path, device, progress)
+#: ``predict_fold_valid(fold_path, device="auto", progress=True)``: write ``valid_cells.parquet``
+#: and ``valid_images.parquet`` of a cell-level fold (:func:`~hpasc.train.fitting.write_fold_valid`)
+predict_fold_valid = functools.partial(write_fold_valid, predict_cell_valid)

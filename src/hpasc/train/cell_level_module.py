@@ -17,7 +17,6 @@ ground truth), the competition metric.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +37,7 @@ from hpasc.data.augment import (
 )
 from hpasc.models.cell import build_cell_model, crops_to_input
 from hpasc.models.losses import focal_loss_elementwise
+from hpasc.models.weights import without_initial_weights
 from hpasc.train.optim import configure_optimizers
 from hpasc.train.validation import classification_metrics
 
@@ -97,9 +97,7 @@ class CellLevelModule(L.LightningModule):
             ignore=["cell_metric", "valid_keys", "load_init"],
         )
         self.cfg = cfg
-        model_cfg = cfg.model
-        if not load_init:  # resuming: the checkpoint brings the weights
-            model_cfg = dataclasses.replace(model_cfg, pretrained=False, init_from=None)
+        model_cfg = cfg.model if load_init else without_initial_weights(cfg.model)  # resuming
         self.model = build_cell_model(model_cfg, fold)
         self.cell_metric = cell_metric
         self.valid_keys = valid_keys

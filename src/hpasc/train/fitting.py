@@ -2,7 +2,8 @@
 
 :func:`folds_to_train` parses ``--fold``; :func:`absolute_data_root` makes the saved config
 independent of the working directory; :func:`open_fold` resolves the fold folder and the
-checkpoint to resume from, refusing to overwrite a trained fold; :func:`predict_after_fit`
+checkpoint to resume from, refusing to overwrite a trained fold; :func:`fold_trainer` builds
+the fold's Trainer and writes its resolved config; :func:`predict_after_fit`
 writes the fold's out-of-fold predictions on rank 0 (:func:`write_fold_valid`) and waits for
 them on every rank.
 """
@@ -20,6 +21,7 @@ from hpasc.io import runs
 from hpasc.models.weights import check_checkpoint
 from hpasc.paths import anchor
 from hpasc.predict.base import PredictOptions, write_predictions
+from hpasc.train.trainer import build_trainer
 
 
 def folds_to_train(cfg: Any, fold: str) -> list[int]:
@@ -115,6 +117,18 @@ def open_fold(
     return out, str(last)
 
 
+def fold_trainer(cfg: Any, fold: int, out: Path, kind: str, callbacks: list):
+    """The Trainer of fold ``fold`` (seeded ``trainer.seed + fold``, named ``<cfg.name or
+    kind>/fold-k``) writing into ``out``; rank 0 writes the resolved config there first."""
+    trainer = build_trainer(
+        cfg.trainer, out, name=f"{cfg.name or kind}/fold-{fold}", callbacks=callbacks,
+        seed=cfg.trainer.seed + fold,
+    )  # fmt: skip
+    if trainer.is_global_zero:
+        runs.dump_config(cfg, runs.config_path(out))
+    return trainer
+
+
 def predict_after_fit(trainer, cfg: Any, out: Path, predict_valid: Callable[..., Any]) -> None:
     """With ``cfg.predict.after_fit``: ``predict_valid(out, device=…)`` on rank 0, then a barrier."""
     if not cfg.predict.after_fit:
@@ -134,6 +148,7 @@ def write_fold_valid(
     """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold.
 
     ``predict_valid(fold_path, options)`` returns the fold's (cell table, image-level table).
+    Each model kind binds its own: ``predict_fold_valid = partial(write_fold_valid, …)``.
     """
 
     fold_path = Path(fold_path)

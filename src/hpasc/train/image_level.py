@@ -8,6 +8,7 @@ out-of-fold predictions that ``hpasc oof`` joins).
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -18,15 +19,19 @@ from torch.utils.data import DataLoader
 
 from hpasc.data.augment import GreenSynthesis
 from hpasc.data.fields import FieldDataset, PseudoLabels, collate_fields, load_field_table
-from hpasc.io import runs
-from hpasc.io.runs import dump_config
 from hpasc.paths import anchor
 from hpasc.predict.image_level import predict_valid
 from hpasc.runconfig.image_level import ImageLevelConfig
 from hpasc.train.callbacks import DatasetEpoch, EpochSampler
-from hpasc.train.fitting import absolute_data_root, open_fold, predict_after_fit, write_fold_valid
+from hpasc.train.fitting import (
+    absolute_data_root,
+    fold_trainer,
+    open_fold,
+    predict_after_fit,
+    write_fold_valid,
+)
 from hpasc.train.image_level_module import CAMConsistencyModule
-from hpasc.train.trainer import build_trainer, seed_everything
+from hpasc.train.trainer import seed_everything
 from hpasc.train.validation import CellMetric, read_solution
 
 log = logging.getLogger("hpasc.train")
@@ -123,15 +128,9 @@ def train_fold(
     module = CAMConsistencyModule(
         cfg, fold, _cell_metric(cfg, table, valid_rows), load_init=ckpt is None
     )
-    trainer = build_trainer(
-        cfg.trainer,
-        out,
-        name=f"{cfg.name or 'image-level'}/fold-{fold}",
-        callbacks=[DatasetEpoch(train_ds), *(callbacks or [])],
-        seed=cfg.trainer.seed + fold,
+    trainer = fold_trainer(
+        cfg, fold, out, "image-level", [DatasetEpoch(train_ds), *(callbacks or [])]
     )
-    if trainer.is_global_zero:
-        dump_config(cfg, runs.config_path(out))
     log.info(
         "fold %d: %d training and %d validation fields -> %s",
         fold,
@@ -145,9 +144,6 @@ def train_fold(
     return out
 
 
-def predict_fold_valid(
-    fold_path: str | Path, device: str = "auto", progress: bool = True
-) -> tuple[Path, Path]:
-    """Write ``valid_cells.parquet`` and ``valid_images.parquet`` of a trained fold."""
-
-    return write_fold_valid(predict_valid, fold_path, device, progress)
+#: ``predict_fold_valid(fold_path, device="auto", progress=True)``: write ``valid_cells.parquet``
+#: and ``valid_images.parquet`` of an image-level fold (:func:`~hpasc.train.fitting.write_fold_valid`)
+predict_fold_valid = functools.partial(write_fold_valid, predict_valid)

@@ -17,7 +17,6 @@ Validation: image-level mAP, BCE and focal on the validation fields, and, when t
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +31,7 @@ from hpasc.data.augment import affine, cutmix, inverse_cutmix, sample_affine, sa
 from hpasc.models.cam import build_cam_model, cell_logits, upsample_cam
 from hpasc.models.losses import classification_loss, consistency_loss, small_cell_weights
 from hpasc.models.pooling import cell_mean_pool
+from hpasc.models.weights import without_initial_weights
 from hpasc.train.optim import configure_optimizers
 from hpasc.train.validation import classification_metrics
 
@@ -76,9 +76,7 @@ class CAMConsistencyModule(L.LightningModule):
 
         self.save_hyperparameters({"config": to_dict(cfg), "fold": fold})
         self.cfg = cfg
-        model_cfg = cfg.model
-        if not load_init:  # resuming: the checkpoint brings the weights
-            model_cfg = dataclasses.replace(model_cfg, pretrained=False, init_from=None)
+        model_cfg = cfg.model if load_init else without_initial_weights(cfg.model)  # resuming
         self.model = build_cam_model(model_cfg, fold)
         self.cell_metric = cell_metric
         self.use_pseudo = any(s.pseudo_labels for s in cfg.data.sources)
