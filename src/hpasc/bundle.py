@@ -147,7 +147,6 @@ def project_root(source: str | Path | None = None) -> Path:
     InputError
         No ``pyproject.toml`` with ``src/hpasc`` there (e.g. hpasc installed from a wheel).
     """
-
     root = Path(source) if source is not None else Path(hpasc.__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file() or not (root / "src/hpasc").is_dir():
         raise InputError(

@@ -122,7 +122,6 @@ def read_public_hpa_fields(table: str | Path) -> list[PublicHpaField]:
     InputError
         Unreadable table, or one field id given by two different ``Image`` paths.
     """
-
     labels = read_public_hpa_labels(table)
     paths: dict[str, str] = {}
     for fid, image in zip(labels.ids, labels.images or [], strict=True):
@@ -291,7 +290,6 @@ def download_channel(
         A permanent HTTP error, or ``policy.retries + 1`` failed tries (the message names the
         URL and the last error).
     """
-
     name = urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
     rng = random.Random(f"{policy.seed}|{url}")
     for attempt in range(policy.retries + 1):
@@ -376,7 +374,6 @@ def import_field(
     DownloadError
         A channel failed for good, or the channels differ in shape.
     """
-
     options = options or ImportOptions()
     urls = {
         c: channel_url(
@@ -410,7 +407,6 @@ def import_field(
 
 def output_names(fid: str) -> list[str]:
     """The files a finished field has in the image set."""
-
     return [f"{fid}_{c}.png" for c in CHANNELS]
 
 
@@ -488,7 +484,6 @@ def import_public_hpa(
     -------
     ImportSummary
     """
-
     options = options or ImportOptions()
     fields = read_public_hpa_fields(table)
     if limit is not None:

@@ -190,7 +190,6 @@ def decode_rle_counts(text: str) -> bytes:
 
 def decode_mask_string(text: str, height: int, width: int) -> np.ndarray:
     """Mask string → (height, width) bool array."""
-
     rle = {"size": [int(height), int(width)], "counts": decode_rle_counts(text)}
     return mask_util.decode(rle).astype(bool)
 

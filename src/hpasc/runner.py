@@ -378,7 +378,6 @@ def input_fingerprint(store: Any) -> str:
     Hidden files (manifests, temporaries) and ``errors.csv`` are left out: they change when a
     verb resumes, its items do not.
     """
-
     src = store if isinstance(store, Store) else Store(os.fspath(store))
     entries: list[list[Any]] = []
     for name in src.list(recursive=True):
@@ -478,7 +477,6 @@ def guard_output(
         Without ``overwrite``, when ``out`` was made with other parameters, from other inputs,
         by another verb, or holds this verb's items but no manifest.
     """
-
     made = {
         "kind": kind,
         "params": _plain(params),

@@ -589,7 +589,6 @@ def synthesize(
     OutputError
         ``out`` is a file, or a non-empty folder and ``overwrite`` is false.
     """
-
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
     if size < MIN_SIZE:

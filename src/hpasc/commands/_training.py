@@ -74,7 +74,6 @@ def train_folds(
     run_dir: Path | None,
 ) -> None:
     """Load ``config`` with ``overrides`` and train each selected fold into ``run_dir``."""
-
     cfg = load_config(config, overrides or [])
     run_dir = run_dir or Path("runs") / (cfg.name or config.stem)
     for k in folds_to_train(cfg, fold):
@@ -89,7 +88,6 @@ def check_split(split: str) -> None:
 
 def check_tta(tta: str | None) -> None:
     """:class:`ConfigError` unless ``--tta`` is unset or one of :data:`TTA_CHOICES`."""
-
     if tta is not None and tta not in TTA_CHOICES:
         raise ConfigError(f"--tta must be {' or '.join(TTA_CHOICES)}, got {tta!r}")
 
@@ -111,7 +109,6 @@ def predict_folds(
     ``split="valid"``: ``predict_valid(fold)`` for each fold, written into each fold folder
     without ``output``, joined into ``output`` with it.
     """
-
     folds = runs.find_fold_dirs(run)
     if split == "test":
         if not test_ready or output is None:

@@ -60,7 +60,6 @@ def predict_cell_level(
     device: str = DEVICE,
 ) -> None:
     """Predict per-cell probabilities with cell-level runs (optional D4 TTA, mean of the folds)."""
-
     check_split(split)
     check_tta(tta)
     options = PredictOptions(

@@ -65,7 +65,6 @@ def predict_image_level(
     device: str = DEVICE,
 ) -> None:
     """Predict per-cell probabilities with image-level runs (CAM mean in each cell, optional D4 TTA)."""
-
     check_split(split)
     check_tta(tta)
     options = PredictOptions(
@@ -100,7 +99,6 @@ def oof(
     ),
 ) -> None:
     """Join each fold's validation predictions into one out-of-fold table over all training fields."""
-
     cells, images = join_oof(runs_)
     paths = write_predictions(cells, images, output, image_output)
     typer.echo(f"out-of-fold: {len(images)} fields, {len(cells)} cells -> {paths[0]}, {paths[1]}")

@@ -162,7 +162,6 @@ def drop_cells(
     candidates are only the cells actually present (after cropping), never absent ids.
     Returns new arrays.
     """
-
     present = np.flatnonzero(np.bincount(mask.ravel()))
     present = present[present > 0]
     if len(present) < 2:
@@ -211,7 +210,6 @@ def affine(x: torch.Tensor, params: AffineParams, nearest: bool = False) -> torc
 
     ``nearest=True`` for masks (integer ids survive exactly); bilinear otherwise.
     """
-
     if params.is_identity:
         return x
     mode = InterpolationMode.NEAREST if nearest else InterpolationMode.BILINEAR

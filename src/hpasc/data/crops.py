@@ -153,7 +153,6 @@ def _check_unique(ids: Sequence[str]) -> None:
 
 def _record_cell_ids(store, image_id: str) -> np.ndarray:
     """The cell ids of one record (only its header is read)."""
-
     return cropset.read_cell_ids(store, image_id).astype(np.int64)
 
 
@@ -163,7 +162,6 @@ def cell_lists(store, image_ids: Sequence[str], progress: bool = True) -> list[n
     Read from the crop set's cell table (``cells.parquet``, written by ``hpasc crop``) when it
     has one, else from the records. A field without a record is an error naming it.
     """
-
     have = set(cropset.list_ids(store))
     missing = [i for i in image_ids if i not in have]
     if missing:
@@ -191,7 +189,6 @@ def cell_lists(store, image_ids: Sequence[str], progress: bool = True) -> list[n
 
 def _field_folds(path: str | None, labels, n_folds: int, fold_seed: int) -> np.ndarray:
     """Fold of every field of ``labels``: from the fold table ``path``, else made per source."""
-
     table = read_folds(path) if path else make_folds(labels, n_folds, fold_seed)
     fold_of = dict(zip(table["ID"].astype(str), table["fold"].astype(int), strict=True))
     missing = [i for i in labels.ids if i not in fold_of]
@@ -216,7 +213,6 @@ def build_cell_set(
     (image_id, cell_id) when given, else the image labels broadcast to the cells (zeros when
     ``image_labels`` is None, e.g. a test set). A cell without a soft label is an error naming it.
     """
-
     image_ids = [str(i) for i in image_ids]
     n = len(image_ids)
     labels = (
@@ -278,7 +274,6 @@ def source_fields(data_cfg) -> list[SourceFields]:
     Folds come from the source's fold table, or are made per source from its labels (the
     reference stratified Kaggle train and public HPA separately).
     """
-
     if not data_cfg.sources:
         raise ConfigError("data.sources is empty: list at least one crop set with its labels")
     out = []
@@ -309,7 +304,6 @@ def load_sources(
     image labels are broadcast to the cells (validation always uses image labels, as the
     reference did). ``crops`` replaces the crop set of every source.
     """
-
     sets, tables = [], {}
     for fields in source_fields(data_cfg):
         src = fields.source
@@ -460,7 +454,6 @@ class CropStream(IterableDataset):
 
     def _field_items(self, f: int) -> Iterator[tuple[np.ndarray, int]]:
         """(crop, row) for every cell of field ``f``, reading its record once."""
-
         image_id = self.cells.image_ids[f]
         store = self._store(int(self.cells.store_index[f]))
         crops, ids, _ = cropset.read_record(store, image_id)

@@ -93,7 +93,6 @@ def load_field_table(data_cfg, check_images: bool = True) -> FieldTable:
     ``make_folds(labels, n_folds, fold_seed)`` (the reference stratified Kaggle train and public
     HPA separately). A labelled field without images is an :class:`InputError`.
     """
-
     if not data_cfg.sources:
         raise ConfigError("data.sources is empty: list at least one source (images, masks, labels)")
     ids: list[str] = []
@@ -176,7 +175,6 @@ class PseudoLabels:
     def read(cls, paths: str | list[str]) -> PseudoLabels:
         """The cell table(s) at ``paths``; ``images.parquet`` beside each, when all have one,
         tells which fields were predicted (zero-cell ones included)."""
-
         paths = [paths] if isinstance(paths, str) else list(paths)
         tables = [read_table(p) for p in paths]
         images = [Path(p).with_name("images.parquet") for p in paths]
@@ -236,7 +234,6 @@ def renumber_cells(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def build_albumentations(specs: list[dict[str, Any]]):
     """An albumentations ``Compose`` from ``[{"type": "GaussNoise", "p": 0.5, ...}, ...]``."""
-
     out = []
     for spec in specs:
         spec = dict(spec)
@@ -256,7 +253,6 @@ def build_albumentations(specs: list[dict[str, Any]]):
 def geometric_transform(mode: str, crop: int | None, hflip_p: float = 0.0, vflip_p: float = 0.0):
     """Crop and flips applied to image and mask together (``mode`` train: random crop and flips;
     valid: centre crop; predict: nothing). Fields smaller than the crop are zero-padded."""
-
     ops: list = []
     if crop and mode != "predict":
         ops.append(A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0))
@@ -339,7 +335,6 @@ class FieldDataset(Dataset):
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw field (H×W×4 uint8) and its mask (H×W)."""
-
         row = self.rows[i]
         images, masks = self.table.stores[self.table.source[row]]
         image = read_field(images, self.table.ids[row], dtype="uint8")

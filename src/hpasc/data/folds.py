@@ -18,7 +18,6 @@ def make_folds(labels: LabelTable, n_folds: int = 5, seed: int = 0) -> pd.DataFr
 
     Returns a frame ``ID,fold`` in the label table's order.
     """
-
     if n_folds < 2:
         raise ValueError(f"n_folds must be >= 2, got {n_folds}")
     if len(labels) < n_folds:

@@ -78,7 +78,6 @@ class SMPFeatures(nn.Module):
 
 def check_arch(arch: str, key: str = "model.arch") -> None:
     """:class:`ConfigError` naming ``key`` and the closest timm names unless timm knows ``arch``."""
-
     if arch.startswith(SMP_PREFIX) or timm.is_model(arch):
         return  # smp-<Arch>-<encoder> names are checked by SMPFeatures
     close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.5)
@@ -96,7 +95,6 @@ def create_backbone(cfg: Any) -> nn.Module:
     config has them): the original's options to halve the stride of the feature map (a finer
     CAM), see :func:`finer_stride`.
     """
-
     if cfg.arch.startswith(SMP_PREFIX):
         return SMPFeatures(cfg.arch, cfg.in_chans, cfg.pretrained, **cfg.backbone_kwargs)
     model = timm.create_model(
@@ -118,7 +116,6 @@ def finer_stride(model: nn.Module, remove_maxpool: bool, remove_first_stride2: b
     """In place: ``remove_maxpool`` replaces the stem's ``maxpool`` (timm ResNet family) by an
     identity; ``remove_first_stride2`` sets the stride of the first ``Conv2d`` to 1. Each
     halves the network's output stride, as in the original."""
-
     if remove_maxpool:
         if not isinstance(getattr(model, "maxpool", None), nn.Module):
             raise ConfigError(
@@ -140,7 +137,6 @@ def build_with_init(model_cls: type[M], cfg: Any, fold: int | None = None) -> M:
     to the model are skipped with a warning (PyTorch's ``strict=False``), as the original
     loaded a pretrained cell model.
     """
-
     model = model_cls(cfg)
     if cfg.init_from:
         path = cfg.init_from.replace("{fold}", str(fold if fold is not None else 0))

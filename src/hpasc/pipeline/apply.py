@@ -51,7 +51,6 @@ def predict_fields_end_to_end(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Segment every field of ``images``, predict its cells with every run, average, write OUT."""
-
     out = Path(out)
     if out.is_file():
         raise InputError(f"output {out} is a file; give a folder")

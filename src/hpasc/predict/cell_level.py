@@ -63,7 +63,6 @@ def predict_crops(
     ``crops`` B×8×S×S, uint8 (each model scales them by its ``input_range``) or floats.
     ``precision``: see :func:`hpasc.predict.base.inference_autocast`.
     """
-
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     passes = range(D4_SIZE) if tta == "d4" else range(1)
@@ -97,7 +96,6 @@ def predict_cell_set(
     precision: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cell table and image-level table of every cell and field of a :class:`CellSet`."""
-
     device = torch.device(device)
     stream = CropStream(cell_set, batch_size, train=False, num_workers=num_workers)
     rows, probs = [], []
@@ -126,7 +124,6 @@ def predict_cell_valid(
     The fields and crop sets come from the fold's config; ``crops`` replaces the crop set (e.g.
     crops cut at another resolution; configs with one source only).
     """
-
     fold_path = Path(fold_path)
     device = resolve_device(options.device)
     model, cfg = load_cell_fold(fold_path, options.checkpoint, device)
@@ -151,7 +148,6 @@ def predict_cell_fields(
     ids: Sequence[str] | None = None,
 ):
     """Predict every field of the crop set ``crops`` (or ``ids``) with the mean of the fold models."""
-
     device, models, cfg = load_fold_models(load_cell_fold, fold_paths, options)
     ids = list(ids) if ids is not None else list_crop_ids(Store(crops))
     if not ids:

@@ -104,7 +104,6 @@ def predict_dataset(
     precision: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cell table and image-level table of every field of a ``FieldDataset`` in predict mode."""
-
     device = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     image_ids, image_probs = [], []

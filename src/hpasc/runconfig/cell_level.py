@@ -17,8 +17,7 @@ from hpasc.errors import ConfigError
 from hpasc.models.cell import HEADS, INPUT_RANGES, CellModelConfig
 from hpasc.models.losses import OBJECTIVES
 from hpasc.paths import anchor_overrides
-from hpasc.runconfig.image_level import (
-    INFERENCE_PRECISIONS,
+from hpasc.runconfig.common import (
     ValidationConfig,
     check_choice,
     check_common,
@@ -100,9 +99,7 @@ def validate(cfg: CellLevelConfig) -> CellLevelConfig:
     """Check values the schema types cannot express; raise :class:`ConfigError` naming the key."""
     check_choice(cfg.loss.objective, OBJECTIVES, "loss.objective")
     check_choice(cfg.model.head, HEADS, "model.head")
-    check_choice(cfg.predict.tta, ("d4", "none"), "predict.tta")
     check_choice(cfg.model.input_range, INPUT_RANGES, "model.input_range")
-    check_choice(cfg.predict.precision, INFERENCE_PRECISIONS, "predict.precision")
     check_choice(cfg.data.sampling, SAMPLINGS, "data.sampling")
     if not 0.0 <= cfg.loss.exclude_hardest < 1.0:
         raise ConfigError(f"loss.exclude_hardest: {cfg.loss.exclude_hardest} must be in [0, 1)")

@@ -12,17 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpasc.config import check_ranges, load_config
+from hpasc.config import load_config
 from hpasc.errors import ConfigError
-from hpasc.models.backbone import check_arch
 from hpasc.models.cam import CAMModelConfig
 from hpasc.models.losses import CONSISTENCY_CRITERIA, OBJECTIVES
 from hpasc.paths import anchor_overrides
-from hpasc.runconfig.optim import OptimConfig, validate_optim
-from hpasc.runconfig.trainer import TrainerConfig, validate_trainer
-
-#: ``predict.precision`` values (as Lightning's ``trainer.precision`` names them)
-INFERENCE_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+from hpasc.runconfig.common import (
+    ValidationConfig,
+    check_choice,
+    check_common,
+    check_data,
+    check_sections,
+)
+from hpasc.runconfig.optim import OptimConfig
+from hpasc.runconfig.trainer import TrainerConfig
 
 
 @dataclass
@@ -113,13 +116,6 @@ class PredictConfig:
 
 
 @dataclass
-class ValidationConfig:
-    """Validation section of image-level and cell-level configs."""
-
-    cell_metric: bool = True  # competition metric on cells when sources give a solution
-
-
-@dataclass
 class ImageLevelConfig:
     name: str = ""
     model: CAMModelConfig = field(default_factory=CAMModelConfig)
@@ -133,21 +129,8 @@ class ImageLevelConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
-def check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
-    """:class:`ConfigError` naming ``key`` unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-
-
 _PROBABILITY = (0, 1)
 _POSITIVE = (0, None, {"low_open": True})
-_DATA_RANGES = {
-    "n_folds": (2, None),
-    "fold_seed": (0, None),
-    "batch_size": (1, None),
-    "valid_batch_size": (1, None, {"optional": True}),
-    "num_workers": (0, None),
-}
 _IMAGE_RANGES = {
     "data": {
         "crop_size": (32, None, {"optional": True}),
@@ -169,36 +152,6 @@ _IMAGE_RANGES = {
     },
     "predict": {"batch_size": (1, None)},
 }
-_MODEL_RANGES = {"cosine_scale": _POSITIVE, "in_chans": (1, None)}
-
-
-def check_sections(cfg: Any, ranges: dict[str, dict[str, tuple]]) -> None:
-    """:func:`hpasc.config.check_ranges` of each section of ``cfg`` named in ``ranges``."""
-
-    for section, fields in ranges.items():
-        check_ranges(getattr(cfg, section), section, fields)
-
-
-def check_common(cfg: Any) -> None:
-    """Checks both schemas share: trainer, optim and model sections (``model.arch`` a timm name)."""
-
-    validate_trainer(cfg.trainer)
-    validate_optim(cfg.optim)
-    check_ranges(cfg.model, "model", _MODEL_RANGES)
-    check_arch(cfg.model.arch)
-
-
-def check_data(data: Any, required: tuple[str, ...]) -> None:
-    """Checks of a ``data`` section both schemas share: fold count, batch size, workers, and
-    the ``required`` paths of every source."""
-
-    check_ranges(data, "data", _DATA_RANGES)
-    for i, src in enumerate(data.sources):
-        for key in required:
-            if not getattr(src, key):
-                raise ConfigError(
-                    f"data.sources[{i}].{key} is required (a path relative to data.root)"
-                )
 
 
 def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
@@ -207,9 +160,7 @@ def validate(cfg: ImageLevelConfig) -> ImageLevelConfig:
     check_choice(cfg.consistency.criterion, CONSISTENCY_CRITERIA, "consistency.criterion")
     check_choice(cfg.consistency.targets, ("all", "positive_only"), "consistency.targets")
     check_choice(cfg.model.head, ("conv", "cosine"), "model.head")
-    check_choice(cfg.predict.tta or "none", ("d4", "none"), "predict.tta")
     check_choice(cfg.predict.upsample, ("bilinear", "nearest"), "predict.upsample")
-    check_choice(cfg.predict.precision, INFERENCE_PRECISIONS, "predict.precision")
     for key in ("p_er", "p_mt"):
         if not 0.0 <= getattr(cfg.augment, key) <= 1.0:
             raise ConfigError(f"augment.{key}: {getattr(cfg.augment, key)} must be in [0, 1]")

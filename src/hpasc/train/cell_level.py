@@ -63,7 +63,6 @@ class StreamPlacement(L.Callback):
 
 def _cell_metric(cfg: CellLevelConfig, fold: int):
     """The competition-metric hook when every source with validation fields has a solution."""
-
     if not cfg.validation.cell_metric:
         return None
     fields, solutions = [], []
@@ -96,7 +95,6 @@ def train_fold(
     without it, a fold folder that already holds a checkpoint is an :class:`OutputError`.
     ``callbacks``: extra Lightning callbacks (early stopping, profiling, …).
     """
-
     cfg = absolute_data_root(cfg)
     out, ckpt = open_fold(run_dir, fold, resume, fold_path, cfg)
 

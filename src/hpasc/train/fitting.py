@@ -42,7 +42,6 @@ def folds_to_train(cfg: Any, fold: str) -> list[int]:
 
 def absolute_data_root(cfg: Any) -> Any:
     """``cfg`` with ``data.root`` as an absolute path, so the saved config works from any directory."""
-
     root = anchor(cfg.data.root)
     if root == cfg.data.root:
         return cfg
@@ -67,7 +66,6 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def _check_resumed_config(out: Path, cfg: Any) -> None:
     """A resumed fold continues only with the config it was trained with (``config.yaml``)."""
-
     saved_file = runs.config_path(out)
     if not saved_file.is_file():
         return
@@ -150,7 +148,6 @@ def write_fold_valid(
     ``predict_valid(fold_path, options)`` returns the fold's (cell table, image-level table).
     Each model kind binds its own: ``predict_fold_valid = partial(write_fold_valid, …)``.
     """
-
     fold_path = Path(fold_path)
     cells, images = predict_valid(fold_path, PredictOptions(device=device, progress=progress))
     return write_predictions(cells, images, *runs.valid_tables(fold_path))

@@ -51,7 +51,6 @@ def _pseudo_labels(cfg: ImageLevelConfig):
 def _cell_metric(cfg: ImageLevelConfig, table, valid_rows: np.ndarray):
     """The competition-metric hook when every validation field's source has a solution and
     validation sees whole fields; None otherwise."""
-
     if (
         not cfg.validation.cell_metric
         or cfg.data.valid_crop_size is not None
@@ -100,7 +99,6 @@ def train_fold(
     ``resume`` continues from ``checkpoints/last.ckpt`` when it exists (a fresh start otherwise);
     without it, a fold folder that already holds a checkpoint is an :class:`OutputError`.
     """
-
     cfg = absolute_data_root(cfg)
     out, ckpt = open_fold(run_dir, fold, resume, fold_path, cfg)
 

@@ -73,35 +73,35 @@ def _limit(value: float) -> float | int:
     return int(value) if value > 1 else float(value)
 
 
-def _appending_csv_logger(save_dir: Path):
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but an existing ``metrics.csv`` (a resumed run's) keeps its rows:
+    the stock writer deletes it when it starts."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(next(csv.reader(f), []))
+
+
+class AppendingCSVLogger(CSVLogger):
     """A CSVLogger writing ``save_dir/metrics.csv`` that keeps the rows of earlier (resumed)
-    sessions: Lightning's writer deletes an existing file when it starts."""
+    sessions."""
 
-    class KeepingWriter(ExperimentWriter):
-        def _check_log_dir_exists(self) -> None:
-            if self._fs.isfile(self.metrics_file_path):
-                with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                    self.metrics_keys = sorted(next(csv.reader(f), []))
-
-    class AppendingCSVLogger(CSVLogger):
-        @property
-        @rank_zero_experiment
-        def experiment(self):
-            if self._experiment is None:
-                self._fs.makedirs(self.root_dir, exist_ok=True)
-                self._experiment = KeepingWriter(log_dir=self.log_dir)
-            return self._experiment
-
-    return AppendingCSVLogger(save_dir=str(save_dir), name="", version="")
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def build_loggers(cfg: TrainerConfig, run_dir: Path, name: str = "") -> list:
     """CSV (``metrics.csv`` in ``run_dir``), TensorBoard (``run_dir/tensorboard``), W&B, MLflow."""
-
     out = []
     for kind in cfg.loggers:
         if kind == "csv":
-            out.append(_appending_csv_logger(run_dir))
+            out.append(AppendingCSVLogger(save_dir=str(run_dir), name="", version=""))
         elif kind == "tensorboard":
             out.append(
                 pl_loggers.TensorBoardLogger(
@@ -156,7 +156,6 @@ def build_trainer(
     >>> trainer = build_trainer(TrainerConfig(max_epochs=2), "runs/tiny/fold-0")
     >>> trainer.fit(module, train_loader, valid_loader, ckpt_path=None)
     """
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = checkpoint_dir(run_dir)
@@ -212,5 +211,4 @@ def build_trainer(
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (and DataLoader workers) for a reproducible run."""
-
     L.seed_everything(seed, workers=True, verbose=False)

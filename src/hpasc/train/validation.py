@@ -30,7 +30,6 @@ def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
     (The reference averaged over all 19 classes; a class without positives has no AP, so here it
     is left out rather than counted as NaN/0.) Returns NaN when no class has a positive.
     """
-
     aps = [
         average_precision_score(y_true[:, k], scores[:, k])
         for k in range(y_true.shape[1])
@@ -56,7 +55,6 @@ def classification_metrics(
 
 def read_solution(path: str) -> pd.DataFrame:
     """A solution CSV (``ID,ImageWidth,ImageHeight,PredictionString``) with string ids."""
-
     try:
         df = pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
     except (OSError, pd.errors.ParserError) as exc:
@@ -70,7 +68,6 @@ def competition_map(
     table: pd.DataFrame, fields: Sequence[tuple[str, Any]], solution: pd.DataFrame
 ) -> float:
     """mAP@0.6 of the cell table ``table`` on ``fields`` = [(image_id, mask store), …]."""
-
     ids = [fid for fid, _ in fields]
     masks = ((fid, read_mask(store, fid)) for fid, store in fields)
     rows = field_rows(masks, table, edge_area_threshold=0, center_area_threshold=0)
