@@ -18,6 +18,7 @@ from hpasc.models.cell import HEADS, INPUT_RANGES, CellModelConfig
 from hpasc.models.losses import OBJECTIVES
 from hpasc.paths import anchor_overrides
 from hpasc.runconfig.common import (
+    PredictSection,
     ValidationConfig,
     check_choice,
     check_common,
@@ -64,14 +65,9 @@ class CellAugmentConfig:
 
 
 @dataclass
-class CellPredictConfig:
+class CellPredictConfig(PredictSection):
     tta: str = "d4"  # "d4" (8 passes, mean of probabilities) or "none"
     batch_size: int = 256
-    checkpoint: str = "last"  # "last", "best" or a path
-    after_fit: bool = True  # predict this fold's validation fields when training ends
-    precision: str = (
-        "auto"  # auto (bf16/fp16 autocast on GPU), 32-true (the reference), bf16-mixed, 16-mixed
-    )
 
 
 @dataclass

@@ -23,6 +23,17 @@ class ValidationConfig:
     cell_metric: bool = True  # competition metric on cells when sources give a solution
 
 
+@dataclass
+class PredictSection:
+    """The keys both run configs' ``predict`` sections hold (each adds its own)."""
+
+    checkpoint: str = "last"  # "last", "best" or a path
+    after_fit: bool = True  # predict this fold's validation fields when training ends
+    precision: str = (
+        "auto"  # auto (bf16/fp16 autocast on GPU), 32-true (the reference), bf16-mixed, 16-mixed
+    )
+
+
 def check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
     """:class:`ConfigError` naming ``key`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:

@@ -18,6 +18,7 @@ from hpasc.models.cam import CAMModelConfig
 from hpasc.models.losses import CONSISTENCY_CRITERIA, OBJECTIVES
 from hpasc.paths import anchor_overrides
 from hpasc.runconfig.common import (
+    PredictSection,
     ValidationConfig,
     check_choice,
     check_common,
@@ -102,17 +103,12 @@ class AugmentConfig:
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(PredictSection):
     tta: str | None = "d4"  # "d4" (8 passes, mean of probabilities) or none (null)
     upsample: str = (
         "bilinear"  # CAM → mask resolution: "bilinear" (as in training) or "nearest" (reference)
     )
     batch_size: int = 4
-    checkpoint: str = "last"  # "last", "best" or a path
-    after_fit: bool = True  # predict this fold's validation fields when training ends
-    precision: str = (
-        "auto"  # auto (bf16/fp16 autocast on GPU), 32-true (the reference), bf16-mixed, 16-mixed
-    )
 
 
 @dataclass
