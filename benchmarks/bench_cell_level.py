@@ -133,13 +133,13 @@ def main() -> None:
     times = {}
     t0 = time.perf_counter()
     if not (data / "train.csv").exists():
-        synthesize(data, args.fields, args.size, args.seed, progress=False)
+        synthesize(data, n_images=args.fields, size=args.size, seed=args.seed, progress=False)
     if not (data / "crops" / "cells.parquet").exists():
         crop_set(
             str(data / "images"),
             str(data / "masks"),
             str(data / "crops"),
-            args.crop,
+            size=args.crop,
             progress=False,
         )
     train_ids, held_out = split_held_out(data, args.seed)

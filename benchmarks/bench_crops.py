@@ -214,7 +214,7 @@ def crop_ratio(
             original_crop_step(images, masks, ids, size, os.path.join(tmp, "original.zip"))
             t_ref = min(t_ref, (time.perf_counter() - start) / n_fields)
             start = time.perf_counter()
-            crop_set(images, masks, out, size, progress=False, overwrite=r > 0)
+            crop_set(images, masks, out, size=size, progress=False, overwrite=r > 0)
             t_ours = min(t_ours, (time.perf_counter() - start) / n_fields)
 
         with zipfile.ZipFile(os.path.join(tmp, "original.zip")) as archive:

@@ -74,7 +74,7 @@ def run_benchmark(args, work: Path) -> None:
     data = work / "data"
     t0 = time.perf_counter()
     if not (data / "train.csv").exists():
-        synthesize(data, args.fields, args.size, args.seed, progress=False)
+        synthesize(data, n_images=args.fields, size=args.size, seed=args.seed, progress=False)
     t_synth = time.perf_counter() - t0
 
     overrides = [f"data.root={data}", *args.overrides]

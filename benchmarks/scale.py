@@ -95,7 +95,7 @@ def _resize(size: int) -> Callable[[int, Path], Callable[[], object]]:
 
         _write_png_field(tmp, "f", *_field(side))
         options = dict(interpolation="linear", dtype="uint8", eight_bit="opencv")
-        return lambda: resize_set(tmp / "images", tmp / f"out-{size}", size, overwrite=True,
+        return lambda: resize_set(tmp / "images", tmp / f"out-{size}", size=size, overwrite=True,
                                   progress=False, **options)  # fmt: skip
 
     return setup
@@ -109,7 +109,7 @@ def _mask_resize(side: int, tmp: Path) -> Callable[[], object]:
 
     def run() -> None:
         for size in (1536, 768):
-            resize_set(tmp / "masks", tmp / f"out-{size}", size, masks=True, overwrite=True,
+            resize_set(tmp / "masks", tmp / f"out-{size}", size=size, masks=True, overwrite=True,
                        progress=False)  # fmt: skip
 
     return run

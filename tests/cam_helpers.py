@@ -9,7 +9,7 @@ TINY = ROOT / "configs" / "image-level" / "tiny.yaml"
 def synth_data(path: Path, n_images: int = 12, size: int = 160, seed: int = 3) -> Path:
     from hpasc.synth import synthesize
 
-    synthesize(path, n_images, size, seed, progress=False)
+    synthesize(path, n_images=n_images, size=size, seed=seed, progress=False)
     return path
 
 

@@ -93,7 +93,7 @@ def test_crop_set_of_reference_field_equals_the_original_crops(tmp_path):
         tmp_path / "img",
         tmp_path / "mask",
         tmp_path / "crops",
-        int(vec["image_size"]),
+        size=int(vec["image_size"]),
         progress=False,
     )
     crops, ids = read_crops(tmp_path / "crops", "f")

@@ -376,8 +376,10 @@ def test_cli_public_hpa(tmp_path, server, real16, monkeypatch):
     result = CliRunner().invoke(app, [*args2, "--on-error", "skip", "--no-progress"])
     assert result.exit_code == 1
     assert "0 done, 1 skipped, 1 failed" in result.output
-    result = CliRunner().invoke(app, [*args, "--ext", "bmp"])
-    assert result.exit_code != 0 and "--ext must be one of" in str(result.exception)
+    result = CliRunner().invoke(app, [*args, "--ext", "bmp"])  # the choices are the CLI's too
+    assert result.exit_code == 2 and "'--ext'" in result.output and "'bmp'" in result.output
+    with pytest.raises(ConfigError, match="--ext must be one of tif.gz, jpg, png, got 'bmp'"):
+        ImportOptions(ext="bmp")
 
 
 def test_also_sizes_are_each_resized_from_the_original(tmp_path, server, real16, cli):

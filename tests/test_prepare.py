@@ -287,7 +287,7 @@ def test_crop_set_records_and_table(tmp_path, out_name):
         tmp_path / "images",
         tmp_path / "masks",
         tmp_path / out_name,
-        32,
+        size=32,
         orig_masks=tmp_path / "masks",
         progress=False,
     )
@@ -314,7 +314,7 @@ def test_crop_set_shards_are_complete_and_merge(tmp_path):
     args = (tmp_path / "images", tmp_path / "masks")
     per_shard = []
     for i in range(3):
-        crop_set(*args, tmp_path / f"s{i}", 32, shard=f"{i}/3", progress=False)
+        crop_set(*args, tmp_path / f"s{i}", size=32, shard=f"{i}/3", progress=False)
         per_shard.append(list_crop_ids(Store(tmp_path / f"s{i}")))
         assert Store(tmp_path / f"s{i}").exists(f"cells-{i}-of-3.parquet")
     union = [x for s in per_shard for x in s]
@@ -322,11 +322,11 @@ def test_crop_set_shards_are_complete_and_merge(tmp_path):
 
     # Shards into one store, then an unsharded run: all skipped, full table written.
     for i in range(3):
-        crop_set(*args, tmp_path / "all", 32, shard=(i, 3), progress=False)
-    summary = crop_set(*args, tmp_path / "all", 32, progress=False)
+        crop_set(*args, tmp_path / "all", size=32, shard=(i, 3), progress=False)
+    summary = crop_set(*args, tmp_path / "all", size=32, progress=False)
     assert (summary.done, summary.skipped) == (0, 7)
     merged = pd.read_parquet(tmp_path / "all" / "cells.parquet")
-    crop_set(*args, tmp_path / "clean", 32, progress=False)
+    crop_set(*args, tmp_path / "clean", size=32, progress=False)
     pd.testing.assert_frame_equal(merged, pd.read_parquet(tmp_path / "clean" / "cells.parquet"))
 
 
@@ -336,31 +336,31 @@ def test_crop_set_resolution_mismatch_names_field(tmp_path):
     with pytest.raises(
         FieldError, match=f"field {ids[1]}: mask {ids[1]}.png .* 48×96 but the image is 96×96"
     ):
-        crop_set(tmp_path / "images", tmp_path / "masks", tmp_path / "out", 32, progress=False)
+        crop_set(tmp_path / "images", tmp_path / "masks", tmp_path / "out", size=32, progress=False)
 
 
 def test_resize_set_images_and_masks(tmp_path):
     ids = _make_set(tmp_path, n=3)
     wide = np.random.default_rng(3).integers(0, 65536, (96, 96), dtype=np.uint16)
     write_channel(Store(tmp_path / "images"), ids[0], "green", wide)
-    resize_set(tmp_path / "images", tmp_path / "r.zip/x", 48, progress=False)
+    resize_set(tmp_path / "images", tmp_path / "r.zip/x", size=48, progress=False)
     out = Store(tmp_path / "r.zip/x")
     field = read_field(out, ids[0])
     assert field.shape == (48, 48, 4) and field.dtype == np.uint16  # 16-bit green kept
     np.testing.assert_array_equal(field[..., 1], resize_image(wide, 48))
-    resize_set(tmp_path / "images", tmp_path / "r8", 48, dtype="uint8", progress=False)
+    resize_set(tmp_path / "images", tmp_path / "r8", size=48, dtype="uint8", progress=False)
     assert read_field(Store(tmp_path / "r8"), ids[0]).dtype == np.uint8
 
-    summary = resize_set(tmp_path / "masks", tmp_path / "m", 192, masks=True, progress=False)
+    summary = resize_set(tmp_path / "masks", tmp_path / "m", size=192, masks=True, progress=False)
     assert summary.done == 3
     for field_id in ids:
         before = read_mask(Store(tmp_path / "masks"), field_id)
         after = read_mask(Store(tmp_path / "m"), field_id)
         np.testing.assert_array_equal(after, np.kron(before, np.ones((2, 2), np.uint16)))
-    again = resize_set(tmp_path / "masks", tmp_path / "m", 192, masks=True, progress=False)
+    again = resize_set(tmp_path / "masks", tmp_path / "m", size=192, masks=True, progress=False)
     assert (again.done, again.skipped) == (0, 3)
     again = resize_set(
-        tmp_path / "masks", tmp_path / "m", 192, masks=True, overwrite=True, progress=False
+        tmp_path / "masks", tmp_path / "m", size=192, masks=True, overwrite=True, progress=False
     )
     assert again.done == 3
 
@@ -416,12 +416,12 @@ def test_resume_after_kill_matches_clean_run(tmp_path):
 def test_crop_set_failure_stops_or_is_logged(tmp_path, out_name):
     ids = _make_set(tmp_path, n=4)
     (tmp_path / "images" / f"{ids[1]}_blue.png").write_bytes(b"\x89PNG broken")
-    args = (tmp_path / "images", tmp_path / "masks", tmp_path / out_name, 32)
+    args = (tmp_path / "images", tmp_path / "masks", tmp_path / out_name)
     with pytest.raises(FieldError, match=f"^field {ids[1]}: .*{ids[1]}_blue.png"):
-        crop_set(*args, progress=False)
+        crop_set(*args, size=32, progress=False)
     # What finished before the stop is kept (committed, for a zip) and skipped on resume.
     assert list_crop_ids(tmp_path / out_name) == ids[:1]
-    summary = crop_set(*args, on_error="skip", progress=False)
+    summary = crop_set(*args, size=32, on_error="skip", progress=False)
     assert (summary.done, summary.skipped, summary.failed) == (2, 1, 1)
     errors = pd.read_csv(io.BytesIO(Store(tmp_path / out_name).read_bytes("errors.csv")))
     assert errors["id"].tolist() == [ids[1]]
@@ -454,26 +454,26 @@ def test_cli_on_error_stop_and_skip(tmp_path, workers):
 def test_resize_set_bad_options(tmp_path):
     _make_set(tmp_path, n=1)
     with pytest.raises(HpascError, match=r"bad --shard '2/2'"):
-        resize_set(tmp_path / "images", tmp_path / "o", 8, shard="2/2", progress=False)
+        resize_set(tmp_path / "images", tmp_path / "o", size=8, shard="2/2", progress=False)
     with pytest.raises(HpascError, match="--dtype"):
-        resize_set(tmp_path / "images", tmp_path / "o", 8, dtype="f4", progress=False)
+        resize_set(tmp_path / "images", tmp_path / "o", size=8, dtype="f4", progress=False)
     with pytest.raises(HpascError, match="--interpolation"):
-        resize_set(tmp_path / "images", tmp_path / "o", 8, interpolation="x", progress=False)
+        resize_set(tmp_path / "images", tmp_path / "o", size=8, interpolation="x", progress=False)
     with pytest.raises(HpascError, match="no images"):
-        resize_set(tmp_path / "masks", tmp_path / "o", 8, progress=False)
+        resize_set(tmp_path / "masks", tmp_path / "o", size=8, progress=False)
 
 
 # --------------------------------------------------------------------------- real data
 
 
 def test_real_field_resize_and_crop(tmp_path, hpa_real):
-    resize_set(REAL / "images", tmp_path / "img", 384, progress=False)
-    resize_set(REAL / "masks", tmp_path / "msk", 384, masks=True, progress=False)
+    resize_set(REAL / "images", tmp_path / "img", size=384, progress=False)
+    resize_set(REAL / "masks", tmp_path / "msk", size=384, masks=True, progress=False)
     crop_set(
         tmp_path / "img",
         tmp_path / "msk",
         tmp_path / "crops",
-        64,
+        size=64,
         orig_masks=REAL / "masks",
         progress=False,
     )

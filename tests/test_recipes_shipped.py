@@ -187,17 +187,17 @@ def test_pfcell_preparation_and_ensemble_parameters(pfcell):
     p = {s.name: _resolved(pfcell, s) for s in pfcell.steps if s.folds is None}
     for name in ("masks-train-1536", "masks-public-1536", "masks-test"):
         assert p[name]["method"] == "hpa-unet"
-        assert p[name]["options"]["nuclei_model"] == f"{data}/weights/dpn_unet_nuclei_v1.pth"
-        assert p[name]["options"]["cell_model"] == f"{data}/weights/dpn_unet_cell_3ch_v1.pth"
+        assert p[name]["method_options"]["nuclei_model"] == f"{data}/weights/dpn_unet_nuclei_v1.pth"
+        assert p[name]["method_options"]["cell_model"] == f"{data}/weights/dpn_unet_cell_3ch_v1.pth"
     # training masks: 1536-px fields, nets at 512 px, label_cell at scale 1.0; test masks: the
     # original fields at scale 0.5 (spec §3, "resolutions actually used"); every field goes to
     # the nets at exactly 512 px (create_cell_mask's pipeline, preset pfcell-2021)
     for name in ("masks-train-1536", "masks-public-1536", "masks-test"):
         assert p[name]["preset"] == "pfcell-2021"
-        assert "scale_factor" not in p[name]["options"]
-    assert p["masks-train-1536"]["options"]["label_scale"] == 1.0
+        assert "scale_factor" not in p[name]["method_options"]
+    assert p["masks-train-1536"]["method_options"]["label_scale"] == 1.0
     assert p["masks-test"]["images"] == f"{data}/test"
-    assert p["masks-test"]["options"]["label_scale"] == 0.5
+    assert p["masks-test"]["method_options"]["label_scale"] == 0.5
     for name, size in [
         ("masks-train-768", 768),
         ("masks-test-1536", 1536),

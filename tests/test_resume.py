@@ -29,7 +29,7 @@ def synth(tmp_path_factory) -> Path:
     from hpasc.synth import synthesize
 
     path = tmp_path_factory.mktemp("resume") / "synth"
-    synthesize(path, N_FIELDS, 128, 0, progress=False)
+    synthesize(path, n_images=N_FIELDS, size=128, seed=0, progress=False)
     return path
 
 
@@ -85,11 +85,10 @@ def test_crop_with_another_size_refuses_and_keeps_the_old_crops(synth, tmp_path)
 
 
 def test_crop_overwrite_with_another_size_equals_a_fresh_run(synth, tmp_path):
-    crop_set(synth / "images", synth / "masks", tmp_path / "crops", 64, progress=False)
-    crop_set(
-        synth / "images", synth / "masks", tmp_path / "crops", 32, overwrite=True, progress=False
-    )
-    crop_set(synth / "images", synth / "masks", tmp_path / "fresh", 32, progress=False)
+    crop_set(synth / "images", synth / "masks", tmp_path / "crops", size=64, progress=False)
+    crops = tmp_path / "crops"
+    crop_set(synth / "images", synth / "masks", crops, size=32, overwrite=True, progress=False)
+    crop_set(synth / "images", synth / "masks", tmp_path / "fresh", size=32, progress=False)
     assert tree(tmp_path / "crops") == tree(tmp_path / "fresh")
     assert crop_sizes(tmp_path / "crops") == {32}
 
@@ -113,23 +112,25 @@ def test_resize_128_then_200_refuses_then_overwrite_gives_200(synth, tmp_path):
     ],
 )
 def test_resize_with_other_options_refuses(synth, tmp_path, first, second, word):
-    resize_set(synth / "images", tmp_path / "r", 64, progress=False, **first)
+    resize_set(synth / "images", tmp_path / "r", size=64, progress=False, **first)
     with pytest.raises(OutputError, match=word):
-        resize_set(synth / "images", tmp_path / "r", 64, progress=False, **second)
+        resize_set(synth / "images", tmp_path / "r", size=64, progress=False, **second)
 
 
 def test_resize_masks_into_an_image_set_refuses(synth, tmp_path):
-    resize_set(synth / "images", tmp_path / "r", 64, progress=False)
+    resize_set(synth / "images", tmp_path / "r", size=64, progress=False)
     with pytest.raises(
         OutputError, match="made by `hpasc resize images`, not `hpasc resize masks`"
     ):
-        resize_set(synth / "masks", tmp_path / "r", 64, masks=True, progress=False)
+        resize_set(synth / "masks", tmp_path / "r", size=64, masks=True, progress=False)
 
 
 def test_segment_with_other_options_refuses(synth, tmp_path):
     segment_set(synth / "images", tmp_path / "m", progress=False)
     with pytest.raises(OutputError, match="made with --options"):
-        segment_set(synth / "images", tmp_path / "m", options={"working_size": 64}, progress=False)
+        segment_set(
+            synth / "images", tmp_path / "m", method_options={"working_size": 64}, progress=False
+        )
 
 
 def test_same_parameters_resume_and_skip_every_field(synth, tmp_path):
@@ -144,36 +145,42 @@ def test_changed_inputs_refuse(synth, tmp_path):
 
     images = tmp_path / "images"
     shutil.copytree(synth / "images", images)
-    crop_set(images, synth / "masks", tmp_path / "crops", 32, progress=False)
+    crop_set(images, synth / "masks", tmp_path / "crops", size=32, progress=False)
     victim = sorted(images.iterdir())[0]
     victim.write_bytes(victim.read_bytes() + b"\0")  # another size: another image
     with pytest.raises(OutputError, match=r"from other input files: images \("):
-        crop_set(images, synth / "masks", tmp_path / "crops", 32, progress=False)
+        crop_set(images, synth / "masks", tmp_path / "crops", size=32, progress=False)
 
 
 def test_items_without_a_manifest_refuse(synth, tmp_path):
-    crop_set(synth / "images", synth / "masks", tmp_path / "crops", 32, progress=False)
+    crop_set(synth / "images", synth / "masks", tmp_path / "crops", size=32, progress=False)
     (tmp_path / "crops" / MANIFEST_NAME).unlink()  # e.g. made by an older hpasc
     with pytest.raises(OutputError, match="no record of how they were made"):
-        crop_set(synth / "images", synth / "masks", tmp_path / "crops", 32, progress=False)
-    crop_set(
-        synth / "images", synth / "masks", tmp_path / "crops", 32, overwrite=True, progress=False
-    )
+        crop_set(synth / "images", synth / "masks", tmp_path / "crops", size=32, progress=False)
+    crops = tmp_path / "crops"
+    crop_set(synth / "images", synth / "masks", crops, size=32, overwrite=True, progress=False)
     assert (tmp_path / "crops" / MANIFEST_NAME).is_file()
 
 
 def test_shards_share_one_output_and_a_shard_with_other_parameters_refuses(synth, tmp_path):
     for k in range(2):
         crop_set(
-            synth / "images", synth / "masks", tmp_path / "s", 32, shard=f"{k}/2", progress=False
+            synth / "images",
+            synth / "masks",
+            tmp_path / "s",
+            size=32,
+            shard=f"{k}/2",
+            progress=False,
         )
-    crop_set(synth / "images", synth / "masks", tmp_path / "whole", 32, progress=False)
+    crop_set(synth / "images", synth / "masks", tmp_path / "whole", size=32, progress=False)
     records = {k: v for k, v in tree(tmp_path / "s").items() if k.endswith(CROPS)}
     assert records and records == {
         k: v for k, v in tree(tmp_path / "whole").items() if k.endswith(CROPS)
     }
     with pytest.raises(OutputError, match="made with --size 32"):
-        crop_set(synth / "images", synth / "masks", tmp_path / "s", 48, shard="0/2", progress=False)
+        crop_set(
+            synth / "images", synth / "masks", tmp_path / "s", size=48, shard="0/2", progress=False
+        )
 
 
 # --------------------------------------------------------------------------- killed runs
@@ -202,11 +209,11 @@ def test_killed_crop_resumes_to_the_uninterrupted_result(synth, tmp_path, output
 
 def test_killed_overwrite_with_new_parameters_resumes_without_old_items(synth, tmp_path):
     out = tmp_path / "crops"
-    crop_set(synth / "images", synth / "masks", out, 64, progress=False)
+    crop_set(synth / "images", synth / "masks", out, size=64, progress=False)
     killed("crop", synth / "images", synth / "masks", out, "--size", "32", "--overwrite")
     assert crop_sizes(out) == {32}  # the 64-px records were removed before the redo
     assert hpasc("crop", synth / "images", synth / "masks", out, "--size", "32").returncode == 0
-    crop_set(synth / "images", synth / "masks", tmp_path / "clean", 32, progress=False)
+    crop_set(synth / "images", synth / "masks", tmp_path / "clean", size=32, progress=False)
     assert tree(out) == tree(tmp_path / "clean")
 
 
@@ -304,7 +311,7 @@ def test_killed_training_resumes_to_the_uninterrupted_metrics_and_predictions(
     script.write_text(_TRAIN.format(tests=str(ROOT / "tests")))
     crops = tmp_path / "crops"
     if kind == "cell-level":
-        crop_set(synth / "images", synth / "masks", crops, 32, progress=False)
+        crop_set(synth / "images", synth / "masks", crops, size=32, progress=False)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
     def train(run: str, mode: str) -> int:

@@ -62,7 +62,7 @@ def test_more_than_255_cells_round_trip_as_16_bit_png(tmp_path):
     summary = segment_set(
         images,
         tmp_path / "masks",
-        options={"working_size": 1020, "input_scale": 0.5},
+        method_options={"working_size": 1020, "input_scale": 0.5},
         progress=False,
     )
     assert summary.done == 1
@@ -138,7 +138,7 @@ def test_bad_arguments_are_input_errors(tmp_path):
 
     with pytest.raises(InputError, match="no images"):
         segment_set(tmp_path / "empty", tmp_path / "out", progress=False)
-    with pytest.raises(InputError, match="unknown --method"):
+    with pytest.raises(InputError, match="--method must be one of"):
         segment_set(tmp_path, tmp_path / "out", method="magic", progress=False)
 
 
@@ -220,7 +220,7 @@ def test_worker_pool_and_batches_give_the_same_masks(tmp_path, preset):
         out = tmp_path / f"masks-{workers}"
         summary = segment_set(
             images, out, method="hpa-unet", workers=workers, batch_size=batch_size,
-            options=options, progress=False,
+            method_options=options, progress=False,
         )  # fmt: skip
         assert summary.done == 3
         masks[workers] = [read_mask(Store(out), f"f{i}") for i in range(3)]
@@ -249,4 +249,4 @@ def test_dry_run_plan_shows_the_segmentation_preset(cli):
     }
     for step, scale in (("masks-train-1536", 1.0), ("masks-public-1536", 1.0), ("masks-test", 0.5)):
         assert "method=hpa-unet, preset=pfcell-2021" in settings[step]
-        assert f"options.label_scale={scale}" in settings[step]
+        assert f"method_options.label_scale={scale}" in settings[step]

@@ -39,7 +39,7 @@ def synth_zero(tmp_path_factory):
     from hpasc.synth import synthesize
 
     data = tmp_path_factory.mktemp("zero") / "synth"
-    synthesize(data, 8, 128, 5, progress=False)
+    synthesize(data, n_images=8, size=128, seed=5, progress=False)
     empty = _first_id(data / "masks")
     _zero_mask(data / "masks", empty)
     return data, empty
@@ -105,7 +105,7 @@ def test_crops_of_a_field_without_cells_are_an_empty_record(synth_zero, tmp_path
     from hpasc.prepare import crop_set, read_crop_cell_table, read_crops
 
     data, empty = synth_zero
-    crop_set(data / "images", data / "masks", tmp_path, 32, progress=False)
+    crop_set(data / "images", data / "masks", tmp_path, size=32, progress=False)
     crops, ids = read_crops(str(tmp_path), empty)
     assert crops.shape == (0, 8, 32, 32) and len(ids) == 0
     table = read_crop_cell_table(str(tmp_path))
@@ -161,14 +161,16 @@ def _data_folder(root: Path) -> tuple[Path, dict[str, str]]:
         ("public", 6, 128, 12),
         ("test", 3, 160, 13),
     ):
-        synthesize(work / name, n, size, seed, progress=False)
+        synthesize(work / name, n_images=n, size=size, seed=seed, progress=False)
         empty[name] = _first_id(work / name / "masks")
         _zero_mask(work / name / "masks", empty[name])
     data.mkdir()
     (work / "train" / "images").rename(data / "train")
     (work / "test" / "images").rename(data / "test")
     (work / "public" / "images").rename(data / "public-hpa-1536")
-    resize_set(data / "public-hpa-1536", data / "public-hpa-768", 64, dtype="uint8", progress=False)
+    resize_set(
+        data / "public-hpa-1536", data / "public-hpa-768", size=64, dtype="uint8", progress=False
+    )
     for name in empty:
         (work / name / "masks").rename(data / f"masks-{name}")
     (work / "train" / "train.csv").rename(data / "train.csv")

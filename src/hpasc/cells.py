@@ -7,6 +7,7 @@ different models are combined by key (``image_id``, ``cell_id``), never by row o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import pandas as pd
 from hpasc.classes import NUM_CLASSES
 from hpasc.errors import InputError
 from hpasc.io.atomic import atomic_open
+from hpasc.options import option, validate
 
 KEY_COLUMNS = ["image_id", "cell_id"]
 PROB_COLUMNS = [f"p{k:02d}" for k in range(NUM_CLASSES)]
@@ -127,10 +129,25 @@ def _format_keys(keys: pd.DataFrame) -> str:
     return ", ".join(shown) + more
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AverageOptions:
+    """How prediction tables are averaged (:func:`average_tables`; ``hpasc cells average``)."""
+
+    weights: list[float] | None = option(
+        None, "Comma-separated weight per table, e.g. 1,1,2 (default: equal)."
+    )
+    allow_missing: bool = option(
+        False, "Average a cell over the tables that have it instead of failing."
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 def average_tables(
     tables: Sequence[pd.DataFrame | str | os.PathLike],
-    weights: Sequence[float] | None = None,
-    allow_missing: bool = False,
+    weights: Sequence[float] | None = AverageOptions.weights,
+    allow_missing: bool = AverageOptions.allow_missing,
 ) -> pd.DataFrame:
     """(Weighted) mean of several prediction tables, joined on (image_id, cell_id).
 
@@ -140,6 +157,8 @@ def average_tables(
     weights : one non-negative weight per table (default: equal); normalised to sum 1 per key.
     allow_missing : if False, a key present in some tables and missing in others is an error;
         if True, such a key gets the weighted mean of the tables that have it.
+
+    :class:`AverageOptions` holds these two (``average_tables(paths, **vars(options))``).
 
     Returns
     -------

@@ -18,6 +18,10 @@ class InputError(HpascError):
     """A missing, corrupt or inconsistent input file or table."""
 
 
+class OptionError(InputError, ValueError):
+    """An option value outside its range or choices (a user error and a ``ValueError``)."""
+
+
 class OutputError(HpascError):
     """An output that cannot be written (exists, not writable, ...)."""
 

@@ -43,6 +43,7 @@ from hpasc.io.images import CHANNELS, decode_image, to_uint8, write_channel
 from hpasc.io.store import open_output
 from hpasc.prepare import INTERPOLATIONS, resize_image
 from hpasc.runner import guard_output, parse_shard, run_fields, shard_ids
+from hpasc.options import option, validate
 
 if TYPE_CHECKING:
     import numpy as np
@@ -197,7 +198,7 @@ class DownloadError(HpascError):
     """A channel could not be downloaded: a permanent HTTP error, or retries exhausted."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """How often and how patiently a download is retried.
 
@@ -207,11 +208,13 @@ class RetryPolicy:
     ``timeout`` bounds each connect and each read on the socket, in seconds.
     """
 
-    retries: int = 5
-    timeout: float = 60.0
-    backoff: float = 1.0
-    max_backoff: float = 60.0
-    seed: int = 0
+    retries: int = option(5, "Retries per file on transient failures.", min=0)
+    timeout: float = option(60.0, "Socket timeout per connect/read, seconds.", min=0.001)
+    backoff: float = option(
+        1.0, "First retry wait in seconds; doubles per retry (jittered).", min=0.0
+    )
+    max_backoff: float = option(60.0, "Longest retry wait in seconds.", min=0.0)
+    seed: int = option(0, "Seed of the back-off jitter.", min=0)
 
     def __post_init__(self) -> None:
         if self.retries < 0 or self.timeout <= 0 or self.backoff < 0 or self.max_backoff < 0:
@@ -315,17 +318,35 @@ def download_channel(
 # Fields
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ImportOptions:
     """What to fetch and how to convert it (see :func:`import_public_hpa`)."""
 
-    size: int = 768
-    ext: str = "tif.gz"
-    dtype: Literal["uint8", "keep"] = "uint8"
-    base_url: str | None = None  # None: $HPASC_HPA_BASE_URL, else DEFAULT_BASE_URL
-    url_template: str = DEFAULT_URL_TEMPLATE
+    size: int = option(768, "Output side length in pixels (area resize by default).", min=1)
+    ext: str = option(
+        "tif.gz",
+        f"Server file type: {' | '.join(EXTENSIONS)} (tif.gz: 16-bit).",
+        choices=EXTENSIONS,
+    )
+    dtype: str = option(
+        "uint8",
+        "uint8: convert to 8 bits (hpasc.io.images.to_uint8); keep: source depth.",
+        choices=("uint8", "keep"),
+    )
+    base_url: str | None = option(
+        None,
+        f"Image server (default ${BASE_URL_ENV}, else {DEFAULT_BASE_URL}); replaces the host "
+        "of Image URLs.",
+    )
+    url_template: str = option(
+        DEFAULT_URL_TEMPLATE,
+        "Channel URL; placeholders {base} {path} (Image without host) {id} {color} {ext}.",
+    )
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    interpolation: str = "auto"  # hpasc.prepare.resize_image; "linear": the 7th place's
+    interpolation: str = option(
+        "auto",
+        "auto (area when shrinking), area, linear (the 7th place's cv2.resize), nearest, cubic.",
+    )  # checked below: the names live in hpasc.prepare
     # (size, store) pairs: more copies of every field, each resized from the downloaded
     # original (the 7th place made its 768 and 1536 sets so, not 768 from 1536)
     also: tuple[tuple[int, str], ...] = ()
@@ -333,18 +354,15 @@ class ImportOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", resolve_base_url(self.base_url))
         object.__setattr__(self, "also", tuple((int(n), str(u)) for n, u in self.also))
-        for size in (self.size, *(n for n, _ in self.also)):
+        validate(self, ConfigError)
+        for size, _ in self.also:
             if size < 1:
-                raise ConfigError(f"--size must be a positive number of pixels, got {size}")
+                raise ConfigError(f"--also: sizes must be positive numbers of pixels, got {size}")
         if self.interpolation != "auto" and self.interpolation not in INTERPOLATIONS:
             raise ConfigError(
                 f"--interpolation must be auto or one of {', '.join(INTERPOLATIONS)}, "
                 f"got {self.interpolation!r}"
             )
-        if self.ext not in EXTENSIONS:
-            raise ConfigError(f"--ext must be one of {', '.join(EXTENSIONS)}, got {self.ext!r}")
-        if self.dtype not in ("uint8", "keep"):
-            raise ConfigError(f"--dtype must be 'uint8' or 'keep', got {self.dtype!r}")
         check_url_template(self.url_template)
 
 

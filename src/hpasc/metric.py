@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from hpasc.classes import CLASS_NAMES, NUM_CLASSES
-from hpasc.errors import InputError
+from hpasc.errors import InputError, OptionError
+from hpasc.options import merged, option, validate
 from hpasc.progress import track
 from hpasc.rle import MaskStringError, RunLists, decode_mask_strings
 from hpasc.submission import CsvRow, iter_csv_rows, parse_size
@@ -42,6 +44,19 @@ from hpasc.submission import CsvRow, iter_csv_rows, parse_size
 MAX_DETECTIONS = 10_000
 MIN_SCORE = -10.0  # detections with a confidence at or below this are dropped
 MODES = ("mask", "box")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOptions:
+    """How a submission is scored (:func:`evaluate`)."""
+
+    iou: float = option(0.6, "IoU threshold of a match, in (0, 1].")
+    mode: str = option("mask", "IoU of masks ('mask') or of their boxes ('box').", choices=MODES)
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if not 0.0 < self.iou <= 1.0:  # an open interval: not expressible as [min, max]
+            raise OptionError(f"iou {self.iou} (--iou): choose a threshold in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -315,9 +330,10 @@ def _count_ground_truth(truth: dict[str, _Truth], mode: str) -> np.ndarray:
 def evaluate(
     solution: str | os.PathLike | pd.DataFrame,
     submission: str | os.PathLike | pd.DataFrame,
-    iou: float = 0.6,
-    mode: str = "mask",
+    options: EvaluateOptions = EvaluateOptions(),
+    *,
     progress: bool = False,
+    **overrides: Any,
 ) -> MetricResult:
     """Score a submission against a solution (see the module docstring for the rules).
 
@@ -326,18 +342,17 @@ def evaluate(
     solution : CSV path or DataFrame ``ID,ImageWidth,ImageHeight,PredictionString`` with
         ``label mask`` pairs (one pair per ground-truth cell and class).
     submission : CSV path or DataFrame with ``class confidence mask`` triples.
-    iou : matching threshold (0 < iou ≤ 1).
-    mode : ``"mask"`` (mask IoU) or ``"box"`` (IoU of the masks' tight boxes).
+    options : ``iou``, the matching threshold (0 < iou ≤ 1), and ``mode``: ``"mask"`` (mask
+        IoU) or ``"box"`` (IoU of the masks' tight boxes).
     progress : show a progress bar over submission rows.
+    **overrides : fields of ``options`` to replace (``mode="box"``).
 
     Returns
     -------
     MetricResult: mAP over classes with ground truth, AP per such class, counts per class.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not 0.0 < iou <= 1.0:
-        raise ValueError(f"iou must be in (0, 1], got {iou}")
+    options = merged(EvaluateOptions, options, overrides)
+    iou, mode = options.iou, options.mode
     truth = _read_solution(solution)
 
     # Per field (in order of first appearance) and class: ranked scores and IoU rows.

@@ -12,6 +12,7 @@ differences are listed in ``docs/prepare.md``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import os
@@ -35,6 +36,7 @@ from hpasc.io.images import (
     to_uint8,
 )
 from hpasc.io.store import Store, open_output
+from hpasc.options import REQUIRED, merged, option, recorded, validate
 from hpasc.runner import RunSummary, guard_output, parse_shard, run_fields, shard_ids
 
 INTERPOLATIONS = {
@@ -44,6 +46,60 @@ INTERPOLATIONS = {
     "cubic": cv2.INTER_CUBIC,
 }
 StoreLike = Store | str | os.PathLike
+_WORKERS_HELP = "Worker processes."
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResizeOptions:
+    """How a set is resized (:func:`resize_set`)."""
+
+    size: int = option(REQUIRED, "Output side S (fields become S×S).", min=1, flag="--size -s")
+    masks: bool = option(
+        False,
+        "Resize instance masks <id>.png (exact nearest neighbour).",
+        flag="--masks",
+        records=False,  # part of the verb: 'resize masks' / 'resize images'
+    )
+    interpolation: str = option(
+        "auto",
+        "auto (area when shrinking, linear when enlarging), area, linear (the 7th "
+        "place's cv2.resize default), nearest, cubic.",
+        choices=("auto", *INTERPOLATIONS),
+    )
+    dtype: str | None = option(
+        None,
+        "uint8: convert 16-bit images to 8 bits (default: keep bit depth).",
+        choices=("uint8",),
+    )
+    eight_bit: str = option(
+        "ceil257",
+        "16-bit → 8-bit: ceil257 (HPA's rule, after the resize) or opencv (read as "
+        "cv2.imread(path, IMREAD_GRAYSCALE), before the resize: the 7th place).",
+        choices=EIGHT_BIT_RULES,
+    )
+    workers: int = option(1, _WORKERS_HELP, min=1, records=False, flag="--workers -j")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CropOptions:
+    """How cells are cropped (:func:`crop_set`)."""
+
+    size: int = option(192, "Crop side S (8 planes S×S/cell).", min=2, flag="--size -s")
+    orig_masks: str | None = option(
+        None,
+        "Masks at original resolution: adds *_orig columns (area, bbox) to the cell table.",
+        path=True,
+        records=False,  # an input: recorded by its fingerprint
+    )
+    workers: int = option(1, _WORKERS_HELP, min=1, records=False, flag="--workers -j")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 CELL_TABLE = "cells.parquet"
 _BBOX = ["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]
 _GEOMETRY = ["area", *_BBOX, "centroid_y", "centroid_x"]
@@ -468,29 +524,21 @@ def _write_files(store: Store, field_id: str, files: dict[str, bytes]) -> None:
         raise
 
 
-def _check_options(size: int, on_error: str, workers: int) -> None:
-    if size < 1:
-        raise InputError(f"--size must be >= 1, got {size}")
+def _check_on_error(on_error: str) -> None:
     if on_error not in ("stop", "skip"):
         raise InputError(f"--on-error must be stop or skip, got '{on_error}'")
-    if workers < 1:
-        raise InputError(f"--workers must be >= 1, got {workers}")
 
 
 def resize_set(
     in_store: StoreLike,
     out_store: StoreLike,
-    size: int,
+    options: ResizeOptions | None = None,
     *,
-    masks: bool = False,
-    interpolation: str = "auto",
-    dtype: str | None = None,
-    eight_bit: str = "ceil257",
-    workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     overwrite: bool = False,
     on_error: str = "stop",
     progress: bool = True,
+    **overrides: Any,
 ) -> RunSummary:
     """Resize every field (4 channel PNGs) or, with ``masks``, every mask of a store to S×S.
 
@@ -498,24 +546,16 @@ def resize_set(
     their bit depth unless ``dtype="uint8"``; masks use exact nearest neighbour. Fields whose
     outputs all exist are skipped unless ``overwrite``.
 
+    ``options`` (:class:`ResizeOptions`, or its fields as keywords: ``size=64``):
     ``interpolation``: see :func:`resize_image` (``"linear"`` is the 7th place's ``cv2.resize``
     default). ``eight_bit``: ``"ceil257"`` resizes 16-bit channels at 16 bits, then (with
     ``dtype="uint8"``) converts with ``ceil(v/257)``; ``"opencv"`` reads every channel as
     ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` does, before the resize (the 7th place), so the
     output is 8-bit.
     """
-
-    _check_options(size, on_error, workers)
-    if interpolation != "auto" and interpolation not in INTERPOLATIONS:
-        raise InputError(
-            f"--interpolation must be auto, area, linear, nearest or cubic, got '{interpolation}'"
-        )
-    if dtype not in (None, "uint8"):
-        raise InputError(f"--dtype must be uint8 (or omitted to keep the bit depth), got '{dtype}'")
-    if eight_bit not in EIGHT_BIT_RULES:
-        raise InputError(
-            f"--eight-bit must be one of {', '.join(EIGHT_BIT_RULES)}, got '{eight_bit}'"
-        )
+    o = merged(ResizeOptions, options, overrides)
+    _check_on_error(on_error)
+    size, masks = o.size, o.masks
     if isinstance(shard, str):
         shard = parse_shard(shard)
     in_url = _url(in_store)
@@ -529,14 +569,17 @@ def resize_set(
         return [f"{field_id}.png"] if masks else [_channel_name(field_id, c) for c in CHANNELS]
 
     with _output(out_store) as out:
-        params = dict(size=size, interpolation=interpolation, dtype=dtype, eight_bit=eight_bit)
         kind = f"resize {'masks' if masks else 'images'}"
         mine = ids if shard is None else shard_ids(ids, *shard)
-        skip = guard_output(out, kind, params, {"input": in_url}, mine, names, overwrite=overwrite)
+        skip = guard_output(
+            out, kind, recorded(o), {"input": in_url}, mine, names, overwrite=overwrite
+        )
         return run_fields(
             ids,
-            functools.partial(_resize_one, in_url, size, masks, interpolation, dtype, eight_bit),
-            workers=workers,
+            functools.partial(
+                _resize_one, in_url, size, masks, o.interpolation, o.dtype, o.eight_bit
+            ),
+            workers=o.workers,
             shard=shard,
             skip=skip,
             on_error=on_error,
@@ -576,14 +619,13 @@ def crop_set(
     images: StoreLike,
     masks: StoreLike,
     out: StoreLike,
-    size: int = 192,
+    options: CropOptions = CropOptions(),
     *,
-    orig_masks: StoreLike | None = None,
-    workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     overwrite: bool = False,
     on_error: str = "stop",
     progress: bool = True,
+    **overrides: Any,
 ) -> RunSummary:
     """Crop every cell of every field: ``OUT/<id>.crops`` records and the cell table.
 
@@ -594,9 +636,12 @@ def crop_set(
     of the run, skipped ones included (their rows are kept in their records). Running again
     without ``shard`` after all shards finished skips every field and writes the whole
     ``cells.parquet``.
-    """
 
-    _check_options(size, on_error, workers)
+    ``options``: :class:`CropOptions`, or its fields as keywords (``size=64``).
+    """
+    o = merged(CropOptions, options, overrides)
+    _check_on_error(on_error)
+    size, orig_masks = o.size, o.orig_masks
     if isinstance(shard, str):
         shard = parse_shard(shard)
     images_url, masks_url = _url(images), _url(masks)
@@ -616,13 +661,13 @@ def crop_set(
     with _output(out) as dest:
         inputs = {"images": images_url, "masks": masks_url, "orig_masks": orig_url}
         skip = guard_output(
-            dest, "crop", {"size": size}, inputs, ids, lambda i: [record_name(i)],
+            dest, "crop", recorded(o), inputs, ids, lambda i: [record_name(i)],
             overwrite=overwrite,
         )  # fmt: skip
         summary = run_fields(
             ids,
             functools.partial(_crop_one, images_url, masks_url, orig_url, size),
-            workers=workers,
+            workers=o.workers,
             skip=skip,
             on_error=on_error,
             errors_csv=dest,

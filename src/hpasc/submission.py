@@ -17,6 +17,7 @@ significant digits.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -28,20 +29,44 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from hpasc.cells import PROB_COLUMNS, average_tables, read_table, validate_table
+from hpasc.cells import PROB_COLUMNS, AverageOptions, average_tables, read_table, validate_table
 from hpasc.classes import NUM_CLASSES
 from hpasc.errors import InputError
 from hpasc.io.atomic import atomic_open
 from hpasc.io.images import list_mask_ids, read_mask
 from hpasc.io.store import Store
+from hpasc.options import merged, option, validate
 from hpasc.progress import track
 from hpasc.rle import encode_runs, label_runs, mask_string_runs, run_facts
 
 SUBMISSION_COLUMNS = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
 REFERENCE_SIDE = 2048  # the field size the reference thresholds were chosen for
-EDGE_AREA_THRESHOLD = 80_000.0
-CENTER_AREA_THRESHOLD = 32_000.0
 _EXAMPLES = 5
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SubmitOptions(AverageOptions):
+    """How predictions become a submission: the averaging of the tables, the post-processing
+    (the reference's small-cell scaling, :func:`cell_scale`) and what is written."""
+
+    edge_area_threshold: float = option(
+        80_000.0, "Cells touching the border: confidence x min(1, area / T); T <= 0: off."
+    )
+    center_area_threshold: float = option(
+        32_000.0, "Interior cells: confidence x min(1, area / T); T <= 0: off."
+    )
+    scale_thresholds_with_size: bool = option(
+        False, "Scale both thresholds by field area / 2048^2."
+    )
+    min_confidence: float = option(
+        0.0, "Leave out triples whose confidence is below this.", min=0.0, max=1.0
+    )
+    strict: bool = option(
+        False, "A mask cell without a prediction is an error (default: left out, counted)."
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 # --------------------------------------------------------------------------- post-processing
@@ -159,14 +184,11 @@ def _check_table_fields(table_ids: Iterable[str], field_ids: Iterable[str], wher
 def field_rows(
     fields: Iterable[tuple[str, np.ndarray]],
     table: pd.DataFrame,
+    options: SubmitOptions = SubmitOptions(),
     *,
-    edge_area_threshold: float = EDGE_AREA_THRESHOLD,
-    center_area_threshold: float = CENTER_AREA_THRESHOLD,
-    scale_thresholds_with_size: bool = False,
-    min_confidence: float = 0.0,
     classes: Sequence[int] | None = None,
-    strict: bool = False,
     summary: SubmissionSummary | None = None,
+    **overrides: Any,
 ) -> Iterator[SubmissionRow]:
     """Submission rows for fields given as (image_id, original-size instance mask), streamed.
 
@@ -174,12 +196,12 @@ def field_rows(
     ----------
     fields : iterable of (image_id, (H, W) integer mask, 0 = background).
     table : prediction table (:mod:`hpasc.cells`); cells are matched on (image_id, cell_id).
-    edge_area_threshold, center_area_threshold : see :func:`cell_scale`.
-    scale_thresholds_with_size : multiply both thresholds by H·W / 2048².
-    min_confidence : leave out triples whose confidence is below this.
+    options : the thresholds (:func:`cell_scale`; with ``scale_thresholds_with_size`` both are
+        multiplied by H·W / 2048²), ``min_confidence`` (triples below it are left out) and
+        ``strict`` (a mask cell without a prediction is an error instead of being left out).
     classes : class indices to write per cell (default: all 19, ascending).
-    strict : a mask cell without a prediction is an error instead of being left out.
     summary : filled with counts while iterating.
+    **overrides : fields of ``options`` to replace (``edge_area_threshold=0``).
 
     Raises
     ------
@@ -187,6 +209,7 @@ def field_rows(
         A predicted cell is absent from its mask; with ``strict``, a mask cell lacks a
         prediction; after the last field, predictions remain for fields that were never given.
     """
+    options = merged(SubmitOptions, options, overrides)
     validate_table(table)
     class_list = _class_list(classes)
     summary = summary if summary is not None else SubmissionSummary()
@@ -214,7 +237,7 @@ def field_rows(
             )
         unpredicted = np.setdiff1d(ids, cells)
         if unpredicted.size:
-            if strict:
+            if options.strict:
                 raise InputError(
                     f"field {image_id!r}: mask cells {unpredicted[:_EXAMPLES].tolist()} have no "
                     "prediction (drop --strict to leave them out)"
@@ -224,15 +247,18 @@ def field_rows(
             summary.missing_examples += [(image_id, int(c)) for c in unpredicted[:room]]
 
         pos = np.searchsorted(ids, cells)
-        factor = height * width / REFERENCE_SIDE**2 if scale_thresholds_with_size else 1.0
+        factor = height * width / REFERENCE_SIDE**2 if options.scale_thresholds_with_size else 1.0
         edge = touches[pos]
         scale = cell_scale(
-            areas[pos], edge, edge_area_threshold * factor, center_area_threshold * factor
+            areas[pos],
+            edge,
+            options.edge_area_threshold * factor,
+            options.center_area_threshold * factor,
         )
         conf = (probs[rows].astype(np.float64) * scale[:, None]).astype(np.float32)
         strings = encode_runs(runs) if cells.size else {}
         text = format_confidences(conf)
-        keep = (conf >= min_confidence).ravel()
+        keep = (conf >= options.min_confidence).ravel()
         n_classes = len(class_list)
         parts = []
         for i, cell in enumerate(cells.tolist()):
@@ -254,23 +280,21 @@ def field_rows(
     _check_table_fields(rows_of.keys(), seen, "the fields given")
 
 
-def _open_store(masks: Any):
+def _open_store(masks: Any) -> Store:
     return masks if isinstance(masks, Store) else Store(str(masks))
 
 
-def _load_predictions(
-    table_or_tables: Any, weights: Sequence[float] | None, allow_missing: bool
-) -> pd.DataFrame:
+def _load_predictions(table_or_tables: Any, options: AverageOptions) -> pd.DataFrame:
     if isinstance(table_or_tables, pd.DataFrame | str | os.PathLike):
         table_or_tables = [table_or_tables]
     tables = list(table_or_tables)
-    if len(tables) == 1 and weights is None:
+    if len(tables) == 1 and options.weights is None:
         only = tables[0]
         if isinstance(only, pd.DataFrame):
             validate_table(only)
             return only
         return read_table(only)
-    return average_tables(tables, weights=weights, allow_missing=allow_missing)
+    return average_tables(tables, weights=options.weights, allow_missing=options.allow_missing)
 
 
 def _store_fields(store, ids: Sequence[str], progress: bool) -> Iterator[tuple[str, np.ndarray]]:
@@ -278,9 +302,9 @@ def _store_fields(store, ids: Sequence[str], progress: bool) -> Iterator[tuple[s
         yield image_id, read_mask(store, image_id)
 
 
-def _prepare(mask_store, table_or_tables, weights, allow_missing):
+def _prepare(mask_store, table_or_tables, options: AverageOptions):
     store = _open_store(mask_store)
-    table = _load_predictions(table_or_tables, weights, allow_missing)
+    table = _load_predictions(table_or_tables, options)
     ids = sorted(list_mask_ids(store))
     _check_table_fields(table["image_id"].unique(), ids, str(mask_store))
     return store, table, ids
@@ -289,20 +313,21 @@ def _prepare(mask_store, table_or_tables, weights, allow_missing):
 def build_submission(
     mask_store,
     table_or_tables,
-    weights: Sequence[float] | None = None,
-    allow_missing: bool = False,
+    options: SubmitOptions = SubmitOptions(),
     *,
     progress: bool = False,
     summary: SubmissionSummary | None = None,
-    **options,
+    **overrides: Any,
 ) -> pd.DataFrame:
     """Submission as a DataFrame: one row per field of ``mask_store`` (sorted ids).
 
     ``table_or_tables``: a prediction table or Parquet path, or several (averaged with
-    ``weights`` by :func:`hpasc.cells.average_tables`). ``options``: as :func:`field_rows`.
+    ``options.weights`` by :func:`hpasc.cells.average_tables`). ``options`` and ``overrides``:
+    as :func:`field_rows`.
     """
-    store, table, ids = _prepare(mask_store, table_or_tables, weights, allow_missing)
-    rows = field_rows(_store_fields(store, ids, progress), table, summary=summary, **options)
+    options = merged(SubmitOptions, options, overrides)
+    store, table, ids = _prepare(mask_store, table_or_tables, options)
+    rows = field_rows(_store_fields(store, ids, progress), table, options, summary=summary)
     return pd.DataFrame(list(rows), columns=SUBMISSION_COLUMNS)
 
 
@@ -310,21 +335,21 @@ def write_submission(
     mask_store,
     table_or_tables,
     out_csv: str | os.PathLike,
-    weights: Sequence[float] | None = None,
-    allow_missing: bool = False,
+    options: SubmitOptions = SubmitOptions(),
     *,
     progress: bool = False,
-    **options,
+    **overrides: Any,
 ) -> SubmissionSummary:
     """Write ``submission.csv`` row by row (memory independent of the number of fields).
 
-    The file appears only when complete (temporary file, then rename; nothing on an error). Arguments as
-    :func:`build_submission`. Returns the summary counts.
+    The file appears only when complete (temporary file, then rename; nothing on an error).
+    Arguments as :func:`build_submission`. Returns the summary counts.
     """
-    store, table, ids = _prepare(mask_store, table_or_tables, weights, allow_missing)
+    options = merged(SubmitOptions, options, overrides)
+    store, table, ids = _prepare(mask_store, table_or_tables, options)
     summary = SubmissionSummary()
     fields = _store_fields(store, ids, progress)
-    write_rows(field_rows(fields, table, summary=summary, **options), out_csv)
+    write_rows(field_rows(fields, table, options, summary=summary), out_csv)
     return summary
 
 

@@ -12,12 +12,14 @@ whole data set (images, masks, ``train.csv``, ``solution.csv``, ``cells.csv``) t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,6 +29,7 @@ from hpasc.classes import NEGATIVE, NUM_CLASSES
 from hpasc.errors import OutputError
 from hpasc.io import images
 from hpasc.io.store import Store
+from hpasc.options import merged, option, validate
 from hpasc.progress import track
 from hpasc.rle import encode_instance_mask
 
@@ -558,14 +561,26 @@ def _install(tmp: Path, out: Path) -> None:
         (tmp / name).rename(old)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SynthOptions:
+    """What a synthetic set holds (:func:`synthesize`)."""
+
+    n_images: int = option(20, "Number of fields.", min=1)
+    size: int = option(512, "Side of each square field in pixels.", min=MIN_SIZE)
+    seed: int = option(0, "Random seed (same seed, same bytes).", min=0)
+    bit_depth: int = option(8, "PNG bit depth: 8 or 16.", choices=(8, 16))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 def synthesize(
     out: str | Path,
-    n_images: int,
-    size: int,
-    seed: int,
-    bit_depth: int = 8,
+    options: SynthOptions = SynthOptions(),
+    *,
     overwrite: bool = False,
     progress: bool = True,
+    **overrides: Any,
 ) -> SynthSummary:
     """Write a synthetic HPA-like data set with per-cell ground truth to the folder ``out``.
 
@@ -577,10 +592,10 @@ def synthesize(
     Parameters
     ----------
     out : folder to create (or an empty one; a non-empty one only with ``overwrite``).
-    n_images : number of fields, ids ``synth-<seed>-<index:05d>``.
-    size : side of each square field in pixels (>= 128).
-    seed : non-negative seed; the same seed gives byte-identical files.
-    bit_depth : 8 or 16 (16-bit PNGs hold the 8-bit values times 257).
+    options : ``n_images`` (ids ``synth-<seed>-<index:05d>``), ``size`` (side of each square
+        field in pixels, >= 128), ``seed`` (the same seed gives byte-identical files) and
+        ``bit_depth`` (8 or 16: 16-bit PNGs hold the 8-bit values times 257).
+    **overrides : fields of ``options`` to replace (``n_images=4``).
     overwrite : replace the synthetic-set entries of a non-empty ``out``.
     progress : show a progress bar.
 
@@ -589,14 +604,13 @@ def synthesize(
     OutputError
         ``out`` is a file, or a non-empty folder and ``overwrite`` is false.
     """
-    if n_images < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
-    if size < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE}, got {size}")
-    if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+    options = merged(SynthOptions, options, overrides)
+    n_images, size, seed, bit_depth = (
+        options.n_images,
+        options.size,
+        options.seed,
+        options.bit_depth,
+    )
     out = Path(out)
     _check_output(out, overwrite)
     tmp = _partial_dir(out)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
 
-from hpasc.importer import BASE_URL_ENV, DEFAULT_BASE_URL, DEFAULT_URL_TEMPLATE, EXTENSIONS
+from hpasc.commands import import_app, warn_if_in_memory
+from hpasc.commands._options import with_options
+from hpasc.errors import ConfigError
+from hpasc.importer import ImportOptions, RetryPolicy, import_public_hpa
 
 
+@with_options(exclude={"options": ("policy", "also"), "policy": ("max_backoff",)})
 def public_hpa(
     table: Path = typer.Argument(
         ...,
@@ -17,52 +22,15 @@ def public_hpa(
     out: str = typer.Argument(
         ..., help="Output image set: a folder, a folder inside a .zip, or a URL."
     ),
-    size: int = typer.Option(
-        768, "--size", min=1, help="Output side length in pixels (area resize by default)."
-    ),
     also: list[str] = typer.Option(
         None,
         "--also",
         help="SIZE=STORE: also write each field resized from the original to SIZE into STORE "
         "(repeatable; e.g. --size 1536 --also 768=/data/hpa/public-hpa-768).",
     ),
-    interpolation: str = typer.Option(
-        "auto",
-        "--interpolation",
-        help="auto (area when shrinking), area, linear (the 7th place's cv2.resize), nearest, cubic.",
-    ),
-    base_url: str = typer.Option(
-        None,
-        "--base-url",
-        envvar=BASE_URL_ENV,
-        help=f"Image server (default {DEFAULT_BASE_URL}); replaces the host of Image URLs.",
-    ),
-    url_template: str = typer.Option(
-        DEFAULT_URL_TEMPLATE,
-        "--url-template",
-        help="Channel URL; placeholders {base} {path} (Image without host) {id} {color} {ext}.",
-    ),
-    ext: str = typer.Option(
-        "tif.gz", "--ext", help=f"Server file type: {' | '.join(EXTENSIONS)} (tif.gz: 16-bit)."
-    ),
-    dtype: str = typer.Option(
-        "uint8",
-        "--dtype",
-        help="uint8: convert to 8 bits (hpasc.io.images.to_uint8); keep: source depth.",
-    ),
     workers: int = typer.Option(
         8, "--workers", "-j", min=1, help="Fields downloaded at once (processes)."
     ),
-    retries: int = typer.Option(
-        5, "--retries", min=0, help="Retries per file on transient failures."
-    ),
-    timeout: float = typer.Option(
-        60.0, "--timeout", min=0.001, help="Socket timeout per connect/read, seconds."
-    ),
-    backoff: float = typer.Option(
-        1.0, "--backoff", min=0.0, help="First retry wait in seconds; doubles per retry (jittered)."
-    ),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the back-off jitter."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N fields of the table."),
     shard: str = typer.Option(None, "--shard", help="Process shard i/n of the fields (0-based i)."),
     on_error: str = typer.Option(
@@ -71,12 +39,11 @@ def public_hpa(
         help="stop: first failed field stops the run; skip: log it to OUT/errors.csv.",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    *,
+    options: ImportOptions,
+    policy: RetryPolicy,
 ) -> None:
     """Download public-HPA fields (4 channels each), resize and convert them into OUT/<id>_<color>.png."""
-    from hpasc.commands import warn_if_in_memory
-    from hpasc.errors import ConfigError
-    from hpasc.importer import ImportOptions, RetryPolicy, import_public_hpa
-
     warn_if_in_memory(out)
     if on_error not in ("stop", "skip"):
         raise ConfigError(f"--on-error must be 'stop' or 'skip', got {on_error!r}")
@@ -86,16 +53,7 @@ def public_hpa(
         if not sep or not n.strip().isdigit() or not url:
             raise ConfigError(f"--also must be SIZE=STORE (e.g. 768=out-768), got {item!r}")
         pairs.append((int(n), url))
-    options = ImportOptions(
-        size=size,
-        interpolation=interpolation,
-        also=tuple(pairs),
-        ext=ext,
-        dtype=dtype,  # type: ignore[arg-type]
-        base_url=base_url,
-        url_template=url_template,
-        policy=RetryPolicy(retries=retries, timeout=timeout, backoff=backoff, seed=seed),
-    )
+    options = dataclasses.replace(options, also=tuple(pairs), policy=policy)
     summary = import_public_hpa(
         table,
         out,
@@ -113,6 +71,4 @@ def public_hpa(
 
 
 def register(app: typer.Typer) -> None:
-    from hpasc.commands import import_app
-
     import_app.command("public-hpa")(public_hpa)

@@ -6,9 +6,18 @@ from pathlib import Path
 
 import typer
 
-from hpasc.commands.segment import Method
+from hpasc.commands import predict_app
+from hpasc.commands._options import with_options
+from hpasc.predict.options import PredictOptions
+from hpasc.segment.sets import SegmentOptions
 
 
+@with_options(
+    exclude={
+        "segment": ("method_options", "nuclei_out", "batch_size"),
+        "predict": ("progress", "num_workers", "checkpoint"),
+    }
+)
 def predict_fields(
     images: str = typer.Argument(
         ..., help="Your image set: <id>_{red,green,blue,yellow}.png (folder, zip, URL)."
@@ -18,9 +27,6 @@ def predict_fields(
     ),
     output: Path = typer.Option(
         ..., "-o", "--output", help="Output folder (masks, cells.csv/.parquet, overlays)."
-    ),
-    method: Method = typer.Option(
-        Method.classical, "--method", help="Segmentation: classical, hpa-unet or cellpose."
     ),
     size: int = typer.Option(
         None,
@@ -34,27 +40,23 @@ def predict_fields(
         min=2,
         help="Crop side of cell-level runs (default: from their training crops).",
     ),
-    tta: str = typer.Option(None, "--tta", help="d4 or none (default: each run's own setting)."),
-    workers: int = typer.Option(
-        1, "--workers", min=1, help="Processes for segmentation and resizing."
-    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo masks already in OUTPUT."),
+    *,
+    segment: SegmentOptions,
+    predict: PredictOptions,
 ) -> None:
     """Segment your fields, predict every cell with trained runs, write a per-cell table and overlays."""
-    from hpasc.commands._training import check_tta
+    # torch: the prediction modules load it; imported when this command runs, not by `hpasc`
     from hpasc.pipeline.apply import predict_fields_end_to_end
-
-    check_tta(tta)
 
     table = predict_fields_end_to_end(
         images,
         [str(r) for r in runs],
         output,
-        method=method.value,
+        segment=segment,
+        predict=predict,
         size=size,
         crop_size=crop_size,
-        tta=tta,
-        workers=workers,
         overwrite=overwrite,
     )
     typer.echo(
@@ -64,6 +66,4 @@ def predict_fields(
 
 
 def register(app: typer.Typer) -> None:
-    from hpasc.commands import predict_app
-
     predict_app.command("fields")(predict_fields)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,29 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from hpasc.classes import LabelTable
 from hpasc.errors import InputError
 from hpasc.io.atomic import atomic_write
+from hpasc.options import option, validate
 
 
-def make_folds(labels: LabelTable, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FoldsOptions:
+    """How fields are split into folds (:func:`make_folds`)."""
+
+    n_folds: int = option(5, "Number of folds.", min=2)
+    seed: int = option(0, "Random seed (same seed, same folds).", min=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def make_folds(
+    labels: LabelTable,
+    n_folds: int = FoldsOptions.n_folds,
+    seed: int = FoldsOptions.seed,
+) -> pd.DataFrame:
     """Assign every field a fold in ``0..n_folds-1``; same seed, same folds.
 
-    Returns a frame ``ID,fold`` in the label table's order.
+    Returns a frame ``ID,fold`` in the label table's order. The defaults are
+    :class:`FoldsOptions`' (``make_folds(labels, **vars(options))``).
     """
     if n_folds < 2:
         raise ValueError(f"n_folds must be >= 2, got {n_folds}")

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -26,11 +27,11 @@ from hpasc.io import images as imio
 from hpasc.io.atomic import atomic_open, atomic_write
 from hpasc.io.runs import CELL_LEVEL, RunFolder, open_run
 from hpasc.io.store import Store
-from hpasc.predict.base import PredictOptions
 from hpasc.predict.cell_level import predict_cell_fields
 from hpasc.predict.image_level import predict_fields
-from hpasc.prepare import crop_set, resize_set
-from hpasc.segment.sets import segment_set
+from hpasc.predict.options import PredictOptions
+from hpasc.prepare import CropOptions, ResizeOptions, crop_set, resize_set
+from hpasc.segment.sets import SegmentOptions, segment_set
 from hpasc.viz import field_overlay, png_bytes, top_class
 
 log = logging.getLogger(__name__)
@@ -41,16 +42,20 @@ def predict_fields_end_to_end(
     runs: list[str | Path],
     out: str | Path,
     *,
-    method: str = "classical",
+    segment: SegmentOptions = SegmentOptions(),
+    predict: PredictOptions = PredictOptions(),
     size: int | None = None,
     crop_size: int | None = None,
-    tta: str | None = None,
-    workers: int = 1,
     overwrite: bool = False,
-    segment_options: dict | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Segment every field of ``images``, predict its cells with every run, average, write OUT."""
+    """Segment every field of ``images``, predict its cells with every run, average, write OUT.
+
+    The stages are the library's, with their options objects: :func:`segment_set` with
+    ``segment`` (its ``workers`` also resize and crop), :func:`resize_set` to ``size`` (default:
+    each run's input size), :func:`crop_set` to ``crop_size`` (cell-level runs; default: their
+    crop size) and the runs' prediction with ``predict``.
+    """
     out = Path(out)
     if out.is_file():
         raise InputError(f"output {out} is a file; give a folder")
@@ -62,16 +67,9 @@ def predict_fields_end_to_end(
         run = open_run(r)
         groups[run.kind == CELL_LEVEL].append(run)
     masks = out / "masks"
-    segment_set(
-        images,
-        masks,
-        method=method,
-        workers=workers,
-        overwrite=overwrite,
-        progress=progress,
-        options=segment_options or {},
-    )
-    options = PredictOptions(tta=tta, progress=progress)
+    segment_set(images, masks, segment, overwrite=overwrite, progress=progress)
+    options = dataclasses.replace(predict, progress=progress)
+    workers = segment.workers
     tables, image_tables = [], []
     redone: set[Path] = set()  # work folders (and crop sets) already redone by this call
     for cell_level, members in ((False, groups[False]), (True, groups[True])):
@@ -85,10 +83,10 @@ def predict_fields_end_to_end(
                 )
             work = out / "work" / str(side)
             # --overwrite redoes the masks, so what is made from them is redone too (once)
-            common = dict(progress=progress, workers=workers)
             redo = overwrite and work not in redone
-            resize_set(images, work / "images", side, overwrite=redo, **common)
-            resize_set(masks, work / "masks", side, masks=True, overwrite=redo, **common)
+            for source, name, is_mask in ((images, "images", False), (masks, "masks", True)):
+                resized = ResizeOptions(size=side, masks=is_mask, workers=workers)
+                resize_set(source, work / name, resized, overwrite=redo, progress=progress)
             if cell_level:
                 cs = crop_size or run.input_size
                 if cs is None:
@@ -97,7 +95,11 @@ def predict_fields_end_to_end(
                     )
                 crops = work / f"crops-{cs}"
                 redo = overwrite and crops not in redone
-                crop_set(work / "images", work / "masks", crops, cs, overwrite=redo, **common)
+                cropping = CropOptions(size=cs, workers=workers)
+                crop_set(
+                    work / "images", work / "masks", crops, cropping, overwrite=redo,
+                    progress=progress,
+                )  # fmt: skip
                 redone.add(crops)
                 cells, image_table = predict_cell_fields(folds, str(crops), options)
             else:

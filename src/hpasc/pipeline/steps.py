@@ -6,21 +6,51 @@ keys hold paths (``paths=``): only those are anchored at the current directory
 (:func:`hpasc.paths.anchor`) and fingerprinted as inputs; any other string (a class name, a
 ``preset``, an ``interpolation``) is a plain value, whatever it looks like.
 
+A kind that calls a stage function takes that stage's options class (``options=``): its keys are
+the step's own path keys (``paths``, ``outputs``) plus the fields of the class, loaded by
+:func:`hpasc.options.from_mapping` (unknown keys and wrong types fail naming the step and the
+key); the fields marked ``path=True`` / ``output=True`` are path keys too. The defaults are the
+class's: the CLI, the library and the recipes share them.
+
 This module imports nothing from :mod:`hpasc.pipeline.recipe`; the recipe machinery imports the registry.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import importlib
+import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from hpasc.cells import (
+    PROB_COLUMNS,
+    AverageOptions,
+    average_tables,
+    broadcast_image_table,
+    read_table,
+    write_table,
+)
+from hpasc.classes import read_labels
+from hpasc.config import config_search_path
+from hpasc.data.folds import FoldsOptions, make_folds, write_folds
 from hpasc.errors import ConfigError
 from hpasc.io.atomic import atomic_open, atomic_write
 from hpasc.io.runs import find_fold_dirs
+from hpasc.metric import EvaluateOptions, evaluate
+from hpasc.options import from_mapping, path_keys, unknown_keys
+from hpasc.predict.options import PredictOptions
+from hpasc.prepare import CropOptions, ResizeOptions, crop_set, resize_set
+from hpasc.report import MANIFEST, build_report
+from hpasc.segment.sets import SegmentOptions, segment_set
+from hpasc.submission import SubmitOptions, write_submission
+from hpasc.synth import SynthOptions, synthesize
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +71,8 @@ class TaskContext:
 
 
 StepFn = Callable[[dict[str, Any], TaskContext], None]
+#: the function of a kind with an options class: ``fn(own path keys, options, ctx)``
+OptionsStepFn = Callable[[dict[str, Any], Any, TaskContext], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +88,11 @@ class StepKind:
     outputs : those of ``paths`` that the step writes (not fingerprinted as its inputs).
     n_folds : ``n_folds(params, recipe_dir)``: how many folds ``folds: all`` means.
     settings : ``settings(params, recipe_dir)``: what the plan shows of a task.
+    options : the options class the kind loads its other keys into (None: it takes raw keys).
+    own : the kind's own keys (its top-level path keys and ``extra`` values), given to it
+        beside the options.
+    exclude : fields of ``options`` a recipe may not set (the kind sets them, or they do not
+        apply).
     """
 
     name: str
@@ -64,6 +101,9 @@ class StepKind:
     outputs: frozenset[str] = frozenset()
     n_folds: Callable[[dict[str, Any], Path], int] | None = None
     settings: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None
+    options: type | None = None
+    own: frozenset[str] = frozenset()
+    exclude: frozenset[str] = frozenset()
 
 
 STEP_KINDS: dict[str, StepKind] = {}
@@ -75,62 +115,91 @@ def step_kind(
     outputs: tuple[str, ...] = (),
     n_folds: Callable[[dict[str, Any], Path], int] | None = None,
     settings: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
-) -> Callable[[StepFn], StepFn]:
+    *,
+    options: type | None = None,
+    optional: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
+) -> Callable[[Callable], Callable]:
     """Register a step kind under ``name`` (see :class:`StepKind` for the hooks).
 
     ``paths`` names the keys holding input paths, ``outputs`` those holding output paths; every
-    other key is a value, never a path.
+    other key is a value, never a path. Without ``options`` the function is ``fn(params, ctx)``
+    and checks its keys itself. With an options class it is ``fn(own, options, ctx)``: ``own``
+    holds the top-level ``paths`` and ``outputs`` keys (required unless in ``optional``, then
+    None when absent) and the keys of ``extra`` (values that are not stage options, with their
+    defaults), ``options`` the other keys loaded into the class.
     """
 
-    def deco(fn: StepFn) -> StepFn:
-        STEP_KINDS[name] = StepKind(
-            name, fn, frozenset(paths) | frozenset(outputs), frozenset(outputs), n_folds, settings
+    def deco(fn: Callable) -> Callable:
+        in_paths, out_paths = path_keys(options) if options is not None else ((), ())
+        own = frozenset(k for k in (*paths, *outputs, *(extra or {})) if "." not in k)
+        kind = StepKind(
+            name,
+            fn,
+            frozenset(paths) | frozenset(outputs) | frozenset(in_paths) | frozenset(out_paths),
+            frozenset(outputs) | frozenset(out_paths),
+            n_folds,
+            settings,
+            options,
+            own,
+            frozenset(exclude),
         )
+        if options is not None:
+            defaults = dict(extra or {})
+            kind = dataclasses.replace(kind, run=_with_options(fn, kind, optional, defaults))
+        STEP_KINDS[name] = kind
         return fn
 
     return deco
+
+
+def _with_options(
+    fn: OptionsStepFn, kind: StepKind, optional: tuple[str, ...], defaults: dict[str, Any]
+) -> StepFn:
+    required = kind.own - set(optional) - set(defaults)
+
+    def run(params: dict[str, Any], ctx: TaskContext) -> None:
+        loaded = load_options(kind, params, ctx.step)
+        missing = sorted(k for k in required if k not in params)
+        if missing:
+            raise ConfigError(f"step '{ctx.step}': missing key(s) {missing}")
+        own = {k: params.get(k, defaults.get(k)) for k in kind.own}
+        fn(own, loaded, ctx)
+
+    return run
+
+
+def load_options(kind: StepKind, params: dict[str, Any], step: str) -> Any:
+    """The options object of a step of ``kind`` from its parameters (its own keys left out).
+
+    Raises :class:`ConfigError` naming the step and the key for an unknown key, a missing
+    required one or a value of the wrong type.
+    """
+    if kind.options is None:
+        raise ValueError(f"kind '{kind.name}' takes no options class")
+    where = f"step '{step}'"
+    allowed = [f.name for f in dataclasses.fields(kind.options) if f.name not in kind.exclude]
+    unknown_keys(list(params), [*allowed, *kind.own], where)
+    return from_mapping(kind.options, {k: v for k, v in params.items() if k not in kind.own}, where)
 
 
 def _take(
     p: dict[str, Any], ctx: TaskContext, required: tuple[str, ...], optional: dict[str, Any]
 ) -> dict[str, Any]:
     """Check a step's keys: all ``required`` present, nothing unknown; fill defaults."""
-    allowed = set(required) | set(optional)
-    for key in p:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=2)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"step '{ctx.step}': unknown key '{key}'{hint} (keys: {', '.join(sorted(allowed))})"
-            )
+    unknown_keys(list(p), [*required, *optional], f"step '{ctx.step}'")
     missing = [k for k in required if k not in p]
     if missing:
         raise ConfigError(f"step '{ctx.step}': missing key(s) {missing}")
     return {**optional, **p}
 
 
-def _labels(paths: str | list[str]):
-    """One label table from one or several files (Kaggle train + public HPA, concatenated)."""
-    from hpasc.classes import read_labels
-
-    paths = [paths] if isinstance(paths, str) else list(paths)
-    table = read_labels(paths[0])
-    for extra in paths[1:]:
-        table = table.concat(read_labels(extra))
-    return table
-
-
-@step_kind("folds", paths=("labels",))
-def folds_step(p: dict[str, Any], ctx: TaskContext) -> None:
+@step_kind("folds", paths=("labels",), options=FoldsOptions)
+def folds_step(own: dict[str, Any], options: FoldsOptions, ctx: TaskContext) -> None:
     """labels: table or list of tables (each split separately, as the reference); n_folds; seed -> ${out}/folds.csv"""
-    import pandas as pd
-
-    from hpasc.classes import read_labels
-    from hpasc.data.folds import make_folds, write_folds
-
-    p = _take(p, ctx, ("labels",), {"n_folds": 5, "seed": 0})
-    paths = [p["labels"]] if isinstance(p["labels"], str) else p["labels"]
-    frames = [make_folds(read_labels(path), int(p["n_folds"]), int(p["seed"])) for path in paths]
+    paths = _list(own["labels"])
+    frames = [make_folds(read_labels(path), **vars(options)) for path in paths]
     write_folds(pd.concat(frames, ignore_index=True), Path(ctx.out) / "folds.csv")
 
 
@@ -140,126 +209,41 @@ def group_step(p: dict[str, Any], ctx: TaskContext) -> None:
     _take(p, ctx, (), {})
 
 
-@step_kind("synth")
-def synth_step(p: dict[str, Any], ctx: TaskContext) -> None:
+@step_kind("synth", options=SynthOptions)
+def synth_step(own: dict[str, Any], options: SynthOptions, ctx: TaskContext) -> None:
     """n_images, size, seed, bit_depth -> ${out}/{images,masks,train.csv,solution.csv}"""
-    from hpasc.synth import synthesize
-
-    p = _take(p, ctx, ("n_images", "size"), {"seed": 0, "bit_depth": 8})
-    synthesize(
-        ctx.out,
-        int(p["n_images"]),
-        int(p["size"]),
-        int(p["seed"]),
-        int(p["bit_depth"]),
-        overwrite=True,
-    )
+    synthesize(ctx.out, options, overwrite=True)
 
 
-@step_kind("resize", paths=("input",), outputs=("out",))
-def resize_step(p: dict[str, Any], ctx: TaskContext) -> None:
+@step_kind("resize", paths=("input",), outputs=("out",), options=ResizeOptions, optional=("out",))
+def resize_step(own: dict[str, Any], options: ResizeOptions, ctx: TaskContext) -> None:
     """input, size, masks (bool), interpolation, dtype, eight_bit, workers, out (default ${out})"""
-    from hpasc.prepare import resize_set
-
-    p = _take(
-        p,
-        ctx,
-        ("input", "size"),
-        {
-            "out": str(ctx.out),
-            "masks": False,
-            "interpolation": "auto",
-            "dtype": None,
-            "eight_bit": "ceil257",
-            "workers": 1,
-        },
-    )
-    resize_set(
-        p["input"],
-        p["out"],
-        int(p["size"]),
-        masks=bool(p["masks"]),
-        interpolation=p["interpolation"],
-        dtype=p["dtype"],
-        eight_bit=p["eight_bit"],
-        workers=int(p["workers"]),
-        overwrite=not ctx.resume,
-    )
+    resize_set(own["input"], own["out"] or ctx.out, options, overwrite=not ctx.resume)
 
 
-@step_kind("crop", paths=("images", "masks", "orig_masks"), outputs=("out",))
-def crop_step(p: dict[str, Any], ctx: TaskContext) -> None:
+@step_kind(
+    "crop", paths=("images", "masks"), outputs=("out",), options=CropOptions, optional=("out",)
+)
+def crop_step(own: dict[str, Any], options: CropOptions, ctx: TaskContext) -> None:
     """images, masks, size, orig_masks, workers, out (default ${out})"""
-    from hpasc.prepare import crop_set
-
-    p = _take(
-        p,
-        ctx,
-        ("images", "masks"),
-        {"out": str(ctx.out), "size": 192, "orig_masks": None, "workers": 1},
-    )
-    crop_set(
-        p["images"],
-        p["masks"],
-        p["out"],
-        int(p["size"]),
-        orig_masks=p["orig_masks"],
-        workers=int(p["workers"]),
-        overwrite=not ctx.resume,
-    )
+    crop_set(own["images"], own["masks"], own["out"] or ctx.out, options, overwrite=not ctx.resume)
 
 
 @step_kind(
     "segment",
-    paths=("images", "options.nuclei_model", "options.cell_model"),
-    outputs=("out", "nuclei_out"),
+    paths=("images", "method_options.nuclei_model", "method_options.cell_model"),
+    outputs=("out",),
+    options=SegmentOptions,
+    optional=("out",),
 )
-def segment_step(p: dict[str, Any], ctx: TaskContext) -> None:
+def segment_step(own: dict[str, Any], options: SegmentOptions, ctx: TaskContext) -> None:
     """images, method (classical|hpa-unet|cellpose), preset (hpa-unet: hpacellseg|pfcell-2021|fast),
     eight_bit (ceil257|opencv), nuclei_out, workers, batch_size, options, out"""
-    from hpasc.segment.sets import segment_set
-
-    p = _take(
-        p,
-        ctx,
-        ("images",),
-        {
-            "out": str(ctx.out),
-            "method": "classical",
-            "preset": None,
-            "eight_bit": "ceil257",
-            "nuclei_out": None,
-            "workers": 1,
-            "batch_size": 4,
-            "options": {},
-        },
-    )
-    segment_set(
-        p["images"],
-        p["out"],
-        method=p["method"],
-        nuclei_out=p["nuclei_out"],
-        workers=int(p["workers"]),
-        batch_size=int(p["batch_size"]),
-        overwrite=not ctx.resume,
-        options=_segment_options(p, ctx),
-        eight_bit=p["eight_bit"],
-    )
-
-
-def _segment_options(p: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    options = dict(p["options"] or {})
-    if p["preset"] is not None:
-        if p["method"] != "hpa-unet":
-            raise ConfigError(f"step '{ctx.step}': preset is an option of method hpa-unet only")
-        options["preset"] = p["preset"]
-    return options
+    segment_set(own["images"], own["out"] or ctx.out, options, overwrite=not ctx.resume)
 
 
 def _locate_config(name: str, recipe_dir: Path) -> tuple[Path | None, list[Path]]:
     """A config given by path, relative to the recipe's folder, or inside hpasc's shipped configs."""
-    from hpasc.config import config_search_path
-
     candidates = [Path(name), recipe_dir / name, *(d / name for d in config_search_path())]
     return next((c for c in candidates if c.is_file()), None), candidates
 
@@ -273,8 +257,6 @@ def find_config(name: str, ctx: TaskContext) -> Path:
 
 
 def _load(dotted: str):
-    import importlib
-
     module, fn = dotted.split(":")
     return getattr(importlib.import_module(module), fn)
 
@@ -360,6 +342,7 @@ def _list(value: Any) -> list[str]:
 @step_kind("oof", paths=("runs",))
 def oof_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """runs: trained step folder(s) -> ${out}/cells.parquet (+ images.parquet): out-of-fold predictions"""
+    # torch: imported by the steps that predict only, so that planning a recipe stays light
     from hpasc.predict.base import write_predictions
     from hpasc.predict.oof import join_oof
 
@@ -368,28 +351,17 @@ def oof_step(p: dict[str, Any], ctx: TaskContext) -> None:
     write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
 
 
-@step_kind("average", paths=("tables",))
-def average_step(p: dict[str, Any], ctx: TaskContext) -> None:
+@step_kind("average", paths=("tables",), options=AverageOptions)
+def average_step(own: dict[str, Any], options: AverageOptions, ctx: TaskContext) -> None:
     """tables: cell tables (files or step folders holding cells.parquet), weights, allow_missing -> ${out}/cells.parquet"""
-    from hpasc.cells import average_tables, write_table
-
-    p = _take(p, ctx, ("tables",), {"weights": None, "allow_missing": False})
-    paths = [_in_folder(t, "cells.parquet") for t in _list(p["tables"])]
-    write_table(
-        average_tables(paths, weights=p["weights"], allow_missing=bool(p["allow_missing"])),
-        ctx.out / "cells.parquet",
-    )
+    paths = [_in_folder(t, "cells.parquet") for t in _list(own["tables"])]
+    write_table(average_tables(paths, **vars(options)), ctx.out / "cells.parquet")
     images = [q.with_name("images.parquet") for q in paths]
     if all(q.is_file() for q in images):  # image-level tables average the same way (keys: image_id)
-        _average_image_tables(images, p["weights"], ctx.out / "images.parquet")
+        _average_image_tables(images, options.weights, ctx.out / "images.parquet")
 
 
 def _average_image_tables(paths: list[Path], weights, out: Path) -> None:
-    import numpy as np
-    import pandas as pd
-
-    from hpasc.cells import PROB_COLUMNS
-
     frames = [pd.read_parquet(q).set_index("image_id")[PROB_COLUMNS] for q in paths]
     w = np.ones(len(frames)) if weights is None else np.asarray(weights, float)
     common = frames[0].index
@@ -402,94 +374,71 @@ def _average_image_tables(paths: list[Path], weights, out: Path) -> None:
         df.to_parquet(f, index=False)
 
 
-@step_kind("predict-image-level", paths=("runs", "images", "masks"))
-def predict_image_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
-    """runs, images, masks, tta, upsample, precision, batch_size (None: the runs' predict.*) -> ${out}/cells.parquet + images.parquet (mean of the folds)"""
-    from hpasc.predict.base import PredictOptions, write_predictions
+@step_kind(
+    "predict-image-level",
+    paths=("runs", "images", "masks"),
+    options=PredictOptions,
+    exclude=("progress",),
+)
+def predict_image_level_step(
+    own: dict[str, Any], options: PredictOptions, ctx: TaskContext
+) -> None:
+    """runs, images, masks, tta, upsample, precision, checkpoint, batch_size, num_workers, device
+    (None: the runs' predict.*) -> ${out}/cells.parquet + images.parquet (mean of the folds)"""
+    # torch: imported by the steps that predict only, so that planning a recipe stays light
+    from hpasc.predict.base import write_predictions
     from hpasc.predict.image_level import predict_fields
 
-    p = _take(
-        p,
-        ctx,
-        ("runs", "images", "masks"),
-        {"tta": None, "upsample": None, "precision": None, "batch_size": None},
-    )
-    options = PredictOptions(
-        tta=p["tta"], upsample=p["upsample"], precision=p["precision"], batch_size=p["batch_size"]
-    )
-    cells, images = predict_fields(
-        find_fold_dirs(_list(p["runs"])), p["images"], p["masks"], options
-    )
+    folds = find_fold_dirs(_list(own["runs"]))
+    cells, images = predict_fields(folds, own["images"], own["masks"], options)
     write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
 
 
-@step_kind("predict-cell-level", paths=("runs", "crops"))
-def predict_cell_level_step(p: dict[str, Any], ctx: TaskContext) -> None:
-    """runs, crops, tta, precision, batch_size (None: the runs' predict.*) -> ${out}/cells.parquet (+ images.parquet; mean of the folds)"""
-    from hpasc.predict.base import PredictOptions, write_predictions
+@step_kind(
+    "predict-cell-level",
+    paths=("runs", "crops"),
+    options=PredictOptions,
+    exclude=("progress", "upsample"),
+)
+def predict_cell_level_step(own: dict[str, Any], options: PredictOptions, ctx: TaskContext) -> None:
+    """runs, crops, tta, precision, checkpoint, batch_size, num_workers, device (None: the runs'
+    predict.*) -> ${out}/cells.parquet (+ images.parquet; mean of the folds)"""
+    # torch: imported by the steps that predict only, so that planning a recipe stays light
+    from hpasc.predict.base import write_predictions
     from hpasc.predict.cell_level import predict_cell_fields
 
-    p = _take(p, ctx, ("runs", "crops"), {"tta": None, "precision": None, "batch_size": None})
-    options = PredictOptions(tta=p["tta"], precision=p["precision"], batch_size=p["batch_size"])
-    cells, images = predict_cell_fields(find_fold_dirs(_list(p["runs"])), p["crops"], options)
+    cells, images = predict_cell_fields(find_fold_dirs(_list(own["runs"])), own["crops"], options)
     write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
 
 
-@step_kind("submit", paths=("masks", "predictions"))
-def submit_step(p: dict[str, Any], ctx: TaskContext) -> None:
-    """masks (original size), predictions (tables or step folders), weights, edge/center thresholds -> ${out}/submission.csv"""
-    from hpasc.submission import write_submission
-
-    p = _take(
-        p,
-        ctx,
-        ("masks", "predictions"),
-        {
-            "weights": None,
-            "edge_area_threshold": 80000,
-            "center_area_threshold": 32000,
-            "scale_thresholds_with_size": False,
-            "min_confidence": 0.0,
-            "allow_missing": False,
-        },
-    )
-    tables = [_in_folder(t, "cells.parquet") for t in _list(p["predictions"])]
-    summary = write_submission(
-        p["masks"],
-        tables,
-        ctx.out / "submission.csv",
-        weights=p["weights"],
-        allow_missing=bool(p["allow_missing"]),
-        edge_area_threshold=float(p["edge_area_threshold"]),
-        center_area_threshold=float(p["center_area_threshold"]),
-        scale_thresholds_with_size=bool(p["scale_thresholds_with_size"]),
-        min_confidence=float(p["min_confidence"]),
-    )
+@step_kind("submit", paths=("masks", "predictions"), options=SubmitOptions)
+def submit_step(own: dict[str, Any], options: SubmitOptions, ctx: TaskContext) -> None:
+    """masks (original size), predictions (tables or step folders), weights, allow_missing,
+    edge/center thresholds, scale_thresholds_with_size, min_confidence, strict -> ${out}/submission.csv"""
+    tables = [_in_folder(t, "cells.parquet") for t in _list(own["predictions"])]
+    summary = write_submission(own["masks"], tables, ctx.out / "submission.csv", options)
     log.info("submission: %s", summary)
 
 
-@step_kind("evaluate", paths=("solution", "submission", "baseline"))
-def evaluate_step(p: dict[str, Any], ctx: TaskContext) -> None:
-    """solution, submission (file or step folder), baseline (optional submission) -> ${out}/metric.json"""
-    import json
+def _scores(result) -> dict[str, Any]:
+    return {"mAP": result.map, "per_class": {str(k): v for k, v in result.per_class.items()}}
 
-    from hpasc.metric import evaluate
 
-    p = _take(p, ctx, ("solution", "submission"), {"baseline": None, "baseline_name": "baseline"})
-
-    result = evaluate(p["solution"], _in_folder(p["submission"], "submission.csv"))
-    doc: dict[str, Any] = {
-        "mAP": result.map,
-        "per_class": {str(k): v for k, v in result.per_class.items()},
-        "n_gt": {str(k): v for k, v in result.n_gt.items()},
-    }
-    if p["baseline"]:
-        base = evaluate(p["solution"], _in_folder(p["baseline"], "submission.csv"))
-        doc["baseline"] = {
-            "name": p["baseline_name"],
-            "mAP": base.map,
-            "per_class": {str(k): v for k, v in base.per_class.items()},
-        }
+@step_kind(
+    "evaluate",
+    paths=("solution", "submission", "baseline"),
+    options=EvaluateOptions,
+    optional=("baseline",),
+    extra={"baseline_name": "baseline"},
+)
+def evaluate_step(own: dict[str, Any], options: EvaluateOptions, ctx: TaskContext) -> None:
+    """solution, submission (file or step folder), baseline (optional submission), baseline_name,
+    iou, mode -> ${out}/metric.json"""
+    result = evaluate(own["solution"], _in_folder(own["submission"], "submission.csv"), options)
+    doc: dict[str, Any] = {**_scores(result), "n_gt": {str(k): v for k, v in result.n_gt.items()}}
+    if own["baseline"]:
+        base = evaluate(own["solution"], _in_folder(own["baseline"], "submission.csv"), options)
+        doc["baseline"] = {"name": own["baseline_name"], **_scores(base)}
     atomic_write(ctx.out / "metric.json", json.dumps(doc, indent=1))
 
 
@@ -499,10 +448,6 @@ def broadcast_step(p: dict[str, Any], ctx: TaskContext) -> None:
 
     Every cell gets its field's image-level probabilities: the baseline that ignores cells.
     """
-    import pandas as pd
-
-    from hpasc.cells import broadcast_image_table, read_table, write_table
-
     p = _take(p, ctx, ("cells", "images"), {})
     cells = read_table(_in_folder(p["cells"], "cells.parquet"))
     images = pd.read_parquet(_in_folder(p["images"], "images.parquet"))
@@ -512,11 +457,6 @@ def broadcast_step(p: dict[str, Any], ctx: TaskContext) -> None:
 @step_kind("report", paths=("images", "masks", "cells", "image_level", "metric", "runs"))
 def report_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """images, masks, cells (step folder or table), image_level, metric (step folder), runs, title -> ${out}/report.html"""
-    import json
-    import shutil
-
-    from hpasc.report import MANIFEST, build_report
-
     p = _take(
         p,
         ctx,

@@ -26,7 +26,8 @@ from hpasc.io.atomic import atomic_open
 from hpasc.io.store import Store
 from hpasc.models.weights import load_weights, without_initial_weights
 
-TTA_MODES = ("d4", "none")
+# re-exported: declared torch-free in hpasc.predict.options
+from hpasc.predict.options import TTA_MODES, PredictOptions  # noqa: F401
 
 # ------------------------------------------------------------------------------ image table
 
@@ -132,18 +133,6 @@ def inference_autocast(device: torch.device, precision: str = "auto"):
 
 
 # -------------------------------------------------------------------------------- run level
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictOptions:
-    tta: str | None = None  # "d4", "none"; None: the run's predict.tta
-    upsample: str | None = None  # None: the run's predict.upsample
-    precision: str | None = None  # None: the run's predict.precision
-    checkpoint: str | None = None  # None: the run's predict.checkpoint
-    batch_size: int | None = None
-    num_workers: int = 0
-    device: str = "auto"
-    progress: bool = True
 
 
 def resolve_device(name: str) -> torch.device:

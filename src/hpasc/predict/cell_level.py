@@ -32,6 +32,7 @@ from hpasc.io import runs
 from hpasc.io.store import Store
 from hpasc.models.cell import CellClassifier, crops_to_input
 from hpasc.predict.base import (
+    TTA_MODES,
     PredictOptions,
     inference_autocast,
     load_fold_model,
@@ -42,8 +43,6 @@ from hpasc.predict.base import (
 from hpasc.prepare import list_crop_ids
 from hpasc.progress import track
 from hpasc.runconfig.cell_level import load_cell_level_config
-
-TTA_MODES = ("d4", "none")
 
 
 #: ``load_cell_fold(fold_path, checkpoint=None, device="cpu")``: the network of a cell-level fold folder

@@ -11,6 +11,7 @@ progress bar and the error policy.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import numpy as np
 from hpasc.errors import InputError
 from hpasc.io.images import EIGHT_BIT_RULES, encode_png, list_field_ids, read_field
 from hpasc.io.store import Store, open_output
+from hpasc.options import merged, option, validate
 from hpasc.runner import RunSummary, guard_output, parse_shard, run_fields, shard_ids
 from hpasc.segment import (
     SEGMENTERS,
@@ -29,8 +31,64 @@ from hpasc.segment import (
     get_segmenter,
     segmenter_class,
 )
+from hpasc.segment.presets import PRESETS
 
 StoreLike = Store | str | os.PathLike
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SegmentOptions:
+    """How a set is segmented (:func:`segment_set`)."""
+
+    method: str = option(
+        "classical",
+        "classical (no weights), hpa-unet or cellpose.",
+        choices=lambda: tuple(SEGMENTERS),  # a registry: segmenters may be added
+        flag="--method -m",
+    )
+    preset: str | None = option(
+        None,
+        "hpa-unet pipeline: hpacellseg (default; HPA's CellSegmentator), pfcell-2021 "
+        "(7th place: every field at 512 px) or fast (cv2 resampling, label scale 0.5).",
+        choices=tuple(PRESETS),
+        records=False,  # recorded among method_options, where the segmenter takes it
+    )
+    eight_bit: str = option(
+        "ceil257",
+        "16-bit → 8-bit: ceil257 (HPA's rule) or opencv (read as cv2.imread(path, "
+        "IMREAD_GRAYSCALE): the 7th place).",
+        choices=EIGHT_BIT_RULES,
+    )
+    nuclei_out: str | None = option(
+        None, "Also write nucleus masks (<id>.png) to this store.", output=True, records=False
+    )
+    workers: int = option(
+        1,
+        "Processes: fields in parallel (hpa-unet: label_cell).",
+        min=1,
+        records=False,
+        flag="--workers -j",
+    )
+    batch_size: int = option(4, "Fields per network forward (hpa-unet).", min=1, records=False)
+    method_options: dict[str, Any] = option(
+        {},
+        "Keyword arguments of the segmenter (e.g. working_size, nuclei_model, label_scale).",
+        records=False,  # recorded by segment_set, without the device
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.preset is not None and self.method != "hpa-unet":
+            raise InputError(
+                f"--preset {self.preset!r} (preset): only for --method hpa-unet, not {self.method}"
+            )
+
+    def segmenter_options(self) -> dict[str, Any]:
+        """The keyword arguments of the segmenter: ``method_options`` and the ``preset``."""
+        out = dict(self.method_options)
+        if self.preset is not None:
+            out["preset"] = self.preset
+        return out
 
 
 #: Network batches handed to a batched segmenter per call when it has CPU workers.
@@ -138,52 +196,43 @@ def _open_output(store: StoreLike | None) -> Iterator[Store | None]:
 def segment_set(
     images: StoreLike,
     out: StoreLike,
+    options: SegmentOptions = SegmentOptions(),
     *,
-    method: str = "classical",
-    nuclei_out: StoreLike | None = None,
-    workers: int = 1,
     shard: tuple[int, int] | str | None = None,
-    batch_size: int = 4,
     overwrite: bool = False,
     on_error: str = "stop",
     progress: bool = True,
-    options: dict[str, Any] | None = None,
-    eight_bit: str = "ceil257",
+    **overrides: Any,
 ) -> RunSummary:
     """Write the cell mask ``OUT/<id>.png`` (uint16 PNG, any number of cells up to 65,535) of
-    every field in ``images``, and the nucleus masks to ``nuclei_out`` when given.
+    every field in ``images``, and the nucleus masks to ``options.nuclei_out`` when given.
 
     Parameters
     ----------
-    images, out, nuclei_out : stores (folder, ``x.zip[/sub]`` or URL) or their locations
-    method : one of :data:`hpasc.segment.SEGMENTERS`
-    workers : processes: fields in parallel (classical, cellpose) or ``label_cell`` workers
-        (hpa-unet)
+    images, out : stores (folder, ``x.zip[/sub]`` or URL) or their locations
+    options : :class:`SegmentOptions`: ``method`` (one of :data:`hpasc.segment.SEGMENTERS`),
+        ``workers`` (processes: fields in parallel for classical and cellpose, ``label_cell``
+        workers for hpa-unet), ``batch_size`` (fields per network forward, hpa-unet),
+        ``method_options`` (keyword arguments of the segmenter, e.g. ``working_size``,
+        ``nuclei_model``), ``preset`` (hpa-unet), ``eight_bit`` (how 16-bit channels become 8
+        bits, :func:`hpasc.io.images.read_field`: ``"ceil257"`` or ``"opencv"``, the 7th place)
     shard : ``(i, n)`` or ``"i/n"``: only the sorted ids ``i, i+n, ...``
-    batch_size : fields per network forward (hpa-unet)
     overwrite : redo fields whose masks exist (default: skip them, i.e. resume)
     on_error : ``"stop"`` or ``"skip"`` (failures logged to ``OUT/errors.csv``)
-    options : keyword arguments of the segmenter (e.g. ``working_size``, ``nuclei_model``)
-    eight_bit : how 16-bit channels become 8 bits (:func:`hpasc.io.images.read_field`):
-        ``"ceil257"`` or ``"opencv"`` (``cv2.imread(path, IMREAD_GRAYSCALE)``, the 7th place)
+    **overrides : fields of ``options`` to replace (``method="hpa-unet"``)
     """
-    if method not in SEGMENTERS:
-        raise InputError(f"unknown --method '{method}': choose one of {', '.join(SEGMENTERS)}")
+    o = merged(SegmentOptions, options, overrides)
+    method, eight_bit, nuclei_out = o.method, o.eight_bit, o.nuclei_out
+    workers, batch_size = o.workers, o.batch_size
     if on_error not in ("stop", "skip"):
         raise InputError(f"--on-error must be stop or skip, got '{on_error}'")
-    if eight_bit not in EIGHT_BIT_RULES:
-        raise InputError(
-            f"--eight-bit must be one of {', '.join(EIGHT_BIT_RULES)}, got '{eight_bit}'"
-        )
-    if workers < 1 or batch_size < 1:
-        raise InputError(f"--workers and --batch-size must be >= 1, got {workers}, {batch_size}")
     if isinstance(shard, str):
         shard = parse_shard(shard)
     source = images if isinstance(images, Store) else Store(images)
     ids = list_field_ids(source)
     if not ids:
         raise InputError(f"no images (<id>_<channel>.png) found in {source.url}")
-    options = dict(options or {})
+    options = o.segmenter_options()
     with_nuclei = nuclei_out is not None
 
     with _open_output(out) as dest, _open_output(nuclei_out) as nuclei_dest:
