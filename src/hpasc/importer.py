@@ -41,9 +41,9 @@ from hpasc.classes import public_hpa_field_id, read_public_hpa_labels
 from hpasc.errors import ConfigError, HpascError, InputError
 from hpasc.io.images import CHANNELS, decode_image, to_uint8, write_channel
 from hpasc.io.store import open_output
+from hpasc.options import option, validate
 from hpasc.prepare import INTERPOLATIONS, resize_image
 from hpasc.runner import guard_output, parse_shard, run_fields, shard_ids
-from hpasc.options import option, validate
 
 if TYPE_CHECKING:
     import numpy as np

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from hpasc.bundle import make_bundle
+
 
 def bundle(
     out: Path = typer.Argument(..., help="The bundle zip to write (replaced atomically)."),
@@ -38,8 +40,6 @@ def bundle(
     ),
 ) -> None:
     """Write an offline bundle: hpasc + dependency wheels, run checkpoints, recipe, INSTALL.txt."""
-    from hpasc.bundle import make_bundle
-
     summary = make_bundle(
         out,
         runs,
@@ -53,7 +53,3 @@ def bundle(
         source=source,
     )
     typer.echo(str(summary))
-
-
-def register(app: typer.Typer) -> None:
-    app.command("bundle")(bundle)

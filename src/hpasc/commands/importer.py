@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from hpasc.commands import import_app, warn_if_in_memory
+from hpasc.commands import warn_if_in_memory
 from hpasc.commands._options import with_options
 from hpasc.errors import ConfigError
 from hpasc.importer import ImportOptions, RetryPolicy, import_public_hpa
@@ -68,7 +68,3 @@ def public_hpa(
     if summary.run.failed:
         typer.echo(f"{summary.run.failed} field(s) failed: see errors.csv in {out}", err=True)
         raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    import_app.command("public-hpa")(public_hpa)

@@ -25,7 +25,3 @@ def folds(
     write_folds(result, output)
     sizes = result["fold"].value_counts().sort_index().tolist()
     typer.echo(f"wrote {output}: {len(result)} fields in {options.n_folds} folds (sizes {sizes})")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("folds")(folds)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from hpasc.commands import predict_app
 from hpasc.commands._options import with_options
+from hpasc.pipeline.apply import predict_fields_end_to_end
 from hpasc.predict.options import PredictOptions
 from hpasc.segment.sets import SegmentOptions
 
@@ -46,9 +46,6 @@ def predict_fields(
     predict: PredictOptions,
 ) -> None:
     """Segment your fields, predict every cell with trained runs, write a per-cell table and overlays."""
-    # torch: the prediction modules load it; imported when this command runs, not by `hpasc`
-    from hpasc.pipeline.apply import predict_fields_end_to_end
-
     table = predict_fields_end_to_end(
         images,
         [str(r) for r in runs],
@@ -63,7 +60,3 @@ def predict_fields(
         f"{table['image_id'].nunique()} fields, {len(table)} cells -> {output}/cells.csv, "
         f"{output}/overlays/ (report: hpasc report {output})"
     )
-
-
-def register(app: typer.Typer) -> None:
-    predict_app.command("fields")(predict_fields)

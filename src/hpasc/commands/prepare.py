@@ -46,8 +46,3 @@ def crop(
         images, masks, output, options, shard=shard, overwrite=overwrite, on_error=on_error
     )
     report_summary(output, summary)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("resize")(resize)
-    app.command("crop")(crop)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from hpasc.report import build_report
+
 
 def report(
     source: Path = typer.Argument(
@@ -21,11 +23,5 @@ def report(
     ),
 ) -> None:
     """Write a self-contained HTML report: overlays by top class, per-class AP, agreement, training curves."""
-    from hpasc.report import build_report
-
     out = build_report(source, output, max_fields=max_fields, title=title)
     typer.echo(f"wrote {out}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("report")(report)

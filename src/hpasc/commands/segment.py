@@ -8,7 +8,7 @@ import typer
 from rich.progress import DownloadColumn, TransferSpeedColumn
 
 from hpasc import progress
-from hpasc.commands import report_summary, warn_if_in_memory, weights_app
+from hpasc.commands import report_summary, warn_if_in_memory
 from hpasc.commands._options import ON_ERROR, OVERWRITE, SHARD, with_options
 from hpasc.errors import InputError
 from hpasc.segment.sets import SegmentOptions, segment_set
@@ -128,8 +128,3 @@ def download(
         state = "present" if r.skipped else "downloaded"
         check = "size and MD5 match the record" if r.verified else "not checked against the record"
         typer.echo(f"{r.path}: {state}, {r.size} bytes, MD5 {r.md5} ({check})")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("segment")(segment)
-    weights_app.command("download")(download)

@@ -9,7 +9,6 @@ import typer
 
 from hpasc import metric
 from hpasc.cells import AverageOptions, average_tables, write_table
-from hpasc.commands import cells_app, submission_app
 from hpasc.commands._options import with_options
 from hpasc.errors import InputError
 from hpasc.metric import EvaluateOptions
@@ -92,10 +91,3 @@ def average(
     result = average_tables(tables, **vars(options))
     write_table(result, output)
     typer.echo(f"wrote {output}: {len(result)} cells of {result['image_id'].nunique()} fields")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("submit")(submit)
-    app.command("evaluate")(evaluate)
-    submission_app.command("check")(check)
-    cells_app.command("average")(average)

@@ -28,7 +28,3 @@ def synth(
         f"wrote {summary.out}: {summary.n_images} fields of {size}x{size} ({bits}-bit), "
         f"{summary.n_cells} cells, {n_classes} classes in {summary.seconds:.1f} s"
     )
-
-
-def register(app: typer.Typer) -> None:
-    app.command("synth")(synth)

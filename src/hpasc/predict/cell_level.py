@@ -44,7 +44,6 @@ from hpasc.prepare import list_crop_ids
 from hpasc.progress import track
 from hpasc.runconfig.cell_level import load_cell_level_config
 
-
 #: ``load_cell_fold(fold_path, checkpoint=None, device="cpu")``: the network of a cell-level fold folder
 #: in eval mode and its config (:func:`~hpasc.predict.base.load_fold_model`)
 load_cell_fold = functools.partial(load_fold_model, load_cell_level_config, CellClassifier)
