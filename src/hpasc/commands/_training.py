@@ -26,19 +26,12 @@ RESUME = typer.Option(False, "--resume", help="Continue from each fold's checkpo
 RUN_DIR = typer.Option(
     None, "--run-dir", help="Run folder (default: runs/<config name>); folds go to fold-<k>/."
 )
-TTA = typer.Option(None, "--tta", help="d4 (8 passes) or none (default: the run's predict.tta).")
-TTA_CHOICES = ("d4", "none")
-CHECKPOINT = typer.Option(
-    None, "--checkpoint", help="last, best or a checkpoint path (default: the run's)."
-)
 OUTPUT = typer.Option(
     None,
     "-o",
     "--output",
     help="Cell table (.parquet). For --split valid without it, each fold writes valid_cells.parquet.",
 )
-WORKERS = typer.Option(0, "--workers", min=0, help="DataLoader worker processes.")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ...")
 
 
 def train_command(
@@ -84,12 +77,6 @@ def train_folds(
 def check_split(split: str) -> None:
     if split not in ("valid", "test"):
         raise ConfigError(f"--split must be valid or test, got {split!r}")
-
-
-def check_tta(tta: str | None) -> None:
-    """:class:`ConfigError` unless ``--tta`` is unset or one of :data:`TTA_CHOICES`."""
-    if tta is not None and tta not in TTA_CHOICES:
-        raise ConfigError(f"--tta must be {' or '.join(TTA_CHOICES)}, got {tta!r}")
 
 
 def predict_folds(

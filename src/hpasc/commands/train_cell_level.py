@@ -6,19 +6,15 @@ from pathlib import Path
 
 import typer
 
+from hpasc.commands._options import with_options
 from hpasc.commands._training import (
-    CHECKPOINT,
-    DEVICE,
     OUTPUT,
-    TTA,
-    WORKERS,
     check_split,
-    check_tta,
     predict_folds,
     train_command,
 )
-from hpasc.predict.base import PredictOptions
 from hpasc.predict.cell_level import predict_cell_fields, predict_cell_valid
+from hpasc.predict.options import PredictOptions
 from hpasc.runconfig.cell_level import load_cell_level_config
 from hpasc.train.cell_level import train_fold
 
@@ -31,6 +27,7 @@ train_cell_level = train_command(
 )
 
 
+@with_options(exclude={"options": ("progress", "upsample")})
 def predict_cell_level(
     run: list[Path] = typer.Argument(
         ..., help="Run folder(s) or fold folder(s) of cell-level models."
@@ -45,26 +42,17 @@ def predict_cell_level(
         "--split",
         help="valid: each fold predicts its own validation fields; test: every field of --crops, mean of the folds.",
     ),
-    tta: str = TTA,
-    checkpoint: str = CHECKPOINT,
     output: Path = OUTPUT,
     image_output: Path = typer.Option(
         None,
         "--image-output",
         help="Field table, every field incl. those without cells (default: <output>.images.parquet).",
     ),
-    batch_size: int = typer.Option(
-        None, "--batch-size", min=1, help="Crops per forward pass (default: the run's)."
-    ),
-    workers: int = WORKERS,
-    device: str = DEVICE,
+    *,
+    options: PredictOptions,
 ) -> None:
     """Predict per-cell probabilities with cell-level runs (optional D4 TTA, mean of the folds)."""
     check_split(split)
-    check_tta(tta)
-    options = PredictOptions(
-        tta=tta, checkpoint=checkpoint, batch_size=batch_size, num_workers=workers, device=device
-    )
     predict_folds(
         run,
         split,

@@ -6,20 +6,17 @@ from pathlib import Path
 
 import typer
 
+from hpasc.commands._options import with_options
 from hpasc.commands._training import (
-    CHECKPOINT,
-    DEVICE,
     OUTPUT,
-    TTA,
-    WORKERS,
     check_split,
-    check_tta,
     predict_folds,
     train_command,
 )
-from hpasc.predict.base import PredictOptions, write_predictions
+from hpasc.predict.base import write_predictions
 from hpasc.predict.image_level import predict_fields, predict_valid
 from hpasc.predict.oof import join_oof
+from hpasc.predict.options import PredictOptions
 from hpasc.runconfig.image_level import load_image_level_config
 from hpasc.train.image_level import train_fold
 
@@ -32,6 +29,7 @@ train_image_level = train_command(
 )
 
 
+@with_options(exclude={"options": ("progress",)})
 def predict_image_level(
     run: list[Path] = typer.Argument(
         ..., help="Run folder(s) or fold folder(s) of image-level models."
@@ -49,32 +47,15 @@ def predict_image_level(
         "--split",
         help="valid: each fold predicts its own validation fields; test: every field of --images, mean of the folds.",
     ),
-    tta: str = TTA,
-    upsample: str = typer.Option(
-        None, "--upsample", help="CAM up-sampling: bilinear or nearest (default: the run's)."
-    ),
-    checkpoint: str = CHECKPOINT,
     output: Path = OUTPUT,
     image_output: Path = typer.Option(
         None, "--image-output", help="Image-level table (default: <output>.images.parquet)."
     ),
-    batch_size: int = typer.Option(
-        None, "--batch-size", min=1, help="Fields per forward pass (default: the run's)."
-    ),
-    workers: int = WORKERS,
-    device: str = DEVICE,
+    *,
+    options: PredictOptions,
 ) -> None:
     """Predict per-cell probabilities with image-level runs (CAM mean in each cell, optional D4 TTA)."""
     check_split(split)
-    check_tta(tta)
-    options = PredictOptions(
-        tta=tta,
-        upsample=upsample,
-        checkpoint=checkpoint,
-        batch_size=batch_size,
-        num_workers=workers,
-        device=device,
-    )
     predict_folds(
         run,
         split,

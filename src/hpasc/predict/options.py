@@ -30,7 +30,7 @@ class PredictOptions:
     )  # fmt: skip
     checkpoint: str | None = option(None, "Checkpoint: last, best or a path" + _RUNS)
     batch_size: int | None = option(None, "Fields or cells per forward" + _RUNS, min=1)
-    num_workers: int = option(0, "Data-loader worker processes.", min=0)
+    num_workers: int = option(0, "Data-loader worker processes.", min=0, flag="--workers")
     device: str = option("auto", "cuda, cuda:N, cpu or auto (CUDA when available).")
     progress: bool = option(True, "Show a progress bar.", records=False)
 
