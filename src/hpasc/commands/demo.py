@@ -15,7 +15,10 @@ def demo(
         False, "--force", help="Start again from scratch (otherwise finished steps are kept)."
     ),
     verbose: bool = typer.Option(
-        False, "--verbose", help="Show the training frameworks' own messages."
+        False,
+        "--verbose",
+        help="Run the tasks one after another in this process and show the training frameworks' "
+        "own messages (else tasks run in parallel, their messages in OUT/logs/).",
     ),
 ) -> None:
     """Run the demo: synthesise fields, segment, crop, train CAM + cell models, ensemble, submit, score, report."""
@@ -26,6 +29,7 @@ def demo(
     import warnings
 
     from hpasc.config import config_search_path
+    from hpasc.pipeline.engine import execute
     from hpasc.pipeline.recipe import load_recipe, run_recipe
 
     if not verbose:
@@ -53,7 +57,10 @@ def demo(
     typer.echo(
         f"hpasc demo: {len(r.tasks())} tasks, outputs in {out} (re-running skips finished steps)"
     )
-    run_recipe(r, echo=typer.echo)
+    if verbose:
+        run_recipe(r, echo=typer.echo)
+    else:
+        execute(r, "local", echo=typer.echo)  # independent tasks in parallel, on every core
     metric = json.loads((out / "metric" / "metric.json").read_text())
     base = metric.get("baseline", {})
     typer.echo("")

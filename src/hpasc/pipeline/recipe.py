@@ -41,6 +41,7 @@ from hpasc.errors import ConfigError, HpascError
 from hpasc.io.atomic import atomic_write
 from hpasc.io.runs import fold_dir
 from hpasc.paths import anchor
+from hpasc.pipeline.resources import Resources, check_resources, step_resources
 from hpasc.pipeline.steps import STEP_KINDS, StepKind, TaskContext, step_kind
 
 # re-exported: recipes and their step kinds are used through this module
@@ -51,6 +52,7 @@ __all__ = [
     "load_recipe",
     "plan",
     "run_recipe",
+    "run_task",
     "step_kind",
 ]
 
@@ -59,7 +61,7 @@ log = logging.getLogger("hpasc.pipeline.recipe")
 DONE_FILE = ".hpasc-done.json"
 RUNNING_FILE = ".hpasc-running.json"
 _REF = re.compile(r"\$\{(data|work|out|recipe|fold|step:[A-Za-z0-9_.\-]+)\}")
-_RESERVED = {"name", "kind", "needs", "folds", "description"}
+_RESERVED = {"name", "kind", "needs", "folds", "description", "resources"}
 
 
 def _is_setting(value: Any) -> bool:
@@ -99,6 +101,12 @@ class Step:
     needs: list[str]
     folds: list[int] | None
     description: str = ""
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)  # the recipe's overrides
+
+    @property
+    def needs_resources(self) -> Resources:
+        """What each task of this step asks for (its kind's defaults, then ``resources:``)."""
+        return step_resources(self.kind, self.params, self.resources)
 
 
 @dataclasses.dataclass
@@ -213,7 +221,10 @@ def load_recipe(
                     f"{where} ('{name}'): needs step '{need}', which is not defined before it"
                 )
         folds = _expand_folds(raw.get("folds"), kind, params, path.parent, f"{where} ('{name}')")
-        steps[name] = Step(name, kind, params, needs, folds, str(raw.get("description", "")))
+        resources = check_resources(raw.get("resources"), f"{where} ('{name}')")
+        steps[name] = Step(
+            name, kind, params, needs, folds, str(raw.get("description", "")), resources
+        )
     return Recipe(str(doc.get("name", path.stem)), path, list(steps.values()), data_dir, work_dir)
 
 
@@ -440,6 +451,95 @@ def _log_to(path: Path):
         handler.close()
 
 
+def task_log(recipe: Recipe, task: Task) -> Path:
+    """The log file of a task: ``WORK/logs/<step>[-fold-<k>].log``."""
+    return recipe.work / "logs" / f"{task.label.replace('/', '-')}.log"
+
+
+def find_task(recipe: Recipe, label: str) -> Task:
+    """The task called ``label`` (``step`` or ``step/fold-k``)."""
+    for task in recipe.tasks():
+        if task.label == label:
+            return task
+    raise ConfigError(f"recipe {recipe.path}: no task '{label}' (tasks are STEP or STEP/fold-K)")
+
+
+def run_task(
+    recipe: Recipe,
+    task: Task,
+    forced: bool = False,
+    echo: Callable[[str], None] = print,
+    prefix: str = "",
+) -> PlanItem:
+    """Run one task (a step, or one fold of it) unless it is finished with the same fingerprint.
+
+    The one way a task runs, in this process (``hpasc run`` in order) or in a process of its own
+    (:mod:`hpasc.pipeline.engine`: the local and SLURM executors): it checks that what the task
+    needs has finished, writes the running marker, logs to :func:`task_log`, and writes the
+    done marker on success. ``forced`` runs it even if finished; ``prefix`` starts each echoed
+    line (``[3/19] ``). Returns the task's plan item, ``status`` ``done`` if it was skipped.
+    """
+    name = task.step.name
+    for need in task.step.needs:
+        for k in _folds_of(recipe, need):
+            if not _read_done(recipe.out_dir(need, k)):
+                raise StepFailed(
+                    f"step '{task.label}' needs '{need}', which has not run yet "
+                    f"(run without --only, or with --until {need})"
+                )
+    out = recipe.out_dir(name, task.fold)
+    params = task_params(recipe, task, out)
+    fp = fingerprint(recipe, task, params)
+    item = PlanItem(task, "run", params, fp)
+    if not forced and _read_done(out).get("fingerprint") == fp:
+        echo(f"{prefix}{task.label}: done, skipped")
+        item.status = "done"
+        return item
+    log_file = task_log(recipe, task)
+    running = out / RUNNING_FILE
+    resume = not forced and _read_done(out, RUNNING_FILE).get("fingerprint") == fp
+    n_folds = len(task.step.folds) if task.step.folds else None
+    ctx = TaskContext(
+        name,
+        out,
+        task.fold,
+        recipe.data,
+        recipe.work,
+        recipe.path.parent,
+        n_folds,
+        log_file,
+        resume,
+    )
+    echo(f"{prefix}{task.label}: {task.step.kind}{' (resuming)' if resume else ''} ...")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DONE_FILE).unlink(missing_ok=True)
+    atomic_write(running, json.dumps({"fingerprint": fp}))
+    start = time.time()
+    with _log_to(log_file):
+        log.info(
+            "step %s kind %s params %s",
+            task.label,
+            task.step.kind,
+            json.dumps(params, default=str),
+        )
+        try:
+            STEP_KINDS[task.step.kind].run(params, ctx)
+        except BaseException as exc:  # recorded in the log, re-raised with the step's name
+            with log_file.open("a") as fh:
+                fh.write(traceback.format_exc())
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StepFailed(
+                f"step '{task.label}' ({task.step.kind}) failed: {msg} (log: {log_file})"
+            ) from exc
+    seconds = time.time() - start
+    atomic_write(out / DONE_FILE, json.dumps({"fingerprint": fp, "seconds": round(seconds, 1)}))
+    running.unlink(missing_ok=True)
+    echo(f"{prefix}{task.label}: finished in {seconds:.1f} s")
+    return item
+
+
 def run_recipe(
     recipe: Recipe,
     until: str | None = None,
@@ -448,71 +548,12 @@ def run_recipe(
     fold: int | None = None,
     echo: Callable[[str], None] = print,
 ) -> list[PlanItem]:
-    """Run the selected tasks in order, skipping finished ones. Returns the plan that was run."""
-    executed = []
+    """Run the selected tasks in order, in this process, skipping finished ones. Returns the
+    plan that was run. (:func:`hpasc.pipeline.engine.execute` runs them in parallel.)"""
     selected = _select(recipe, until, only, fold)
-    force = set(forced_steps(recipe, force))
-    for i, task in enumerate(selected, 1):
-        name = task.step.name
-        for need in task.step.needs:
-            for k in _folds_of(recipe, need):
-                if not _read_done(recipe.out_dir(need, k)):
-                    raise StepFailed(
-                        f"step '{task.label}' needs '{need}', which has not run yet "
-                        f"(run without --only, or with --until {need})"
-                    )
-        out = recipe.out_dir(name, task.fold)
-        params = task_params(recipe, task, out)
-        fp = fingerprint(recipe, task, params)
-        item = PlanItem(task, "run", params, fp)
-        if name not in force and _read_done(out).get("fingerprint") == fp:
-            echo(f"[{i}/{len(selected)}] {task.label}: done, skipped")
-            item.status = "done"
-            executed.append(item)
-            continue
-        log_file = recipe.work / "logs" / f"{task.label.replace('/', '-')}.log"
-        running = out / RUNNING_FILE
-        resume = name not in force and _read_done(out, RUNNING_FILE).get("fingerprint") == fp
-        n_folds = len(task.step.folds) if task.step.folds else None
-        ctx = TaskContext(
-            name,
-            out,
-            task.fold,
-            recipe.data,
-            recipe.work,
-            recipe.path.parent,
-            n_folds,
-            log_file,
-            resume,
-        )
-        echo(
-            f"[{i}/{len(selected)}] {task.label}: {task.step.kind}{' (resuming)' if resume else ''} ..."
-        )
-        out.mkdir(parents=True, exist_ok=True)
-        (out / DONE_FILE).unlink(missing_ok=True)
-        atomic_write(running, json.dumps({"fingerprint": fp}))
-        start = time.time()
-        with _log_to(log_file):
-            log.info(
-                "step %s kind %s params %s",
-                task.label,
-                task.step.kind,
-                json.dumps(params, default=str),
-            )
-            try:
-                STEP_KINDS[task.step.kind].run(params, ctx)
-            except BaseException as exc:  # recorded in the log, re-raised with the step's name
-                with log_file.open("a") as fh:
-                    fh.write(traceback.format_exc())
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise StepFailed(
-                    f"step '{task.label}' ({task.step.kind}) failed: {msg} (log: {log_file})"
-                ) from exc
-        seconds = time.time() - start
-        atomic_write(out / DONE_FILE, json.dumps({"fingerprint": fp, "seconds": round(seconds, 1)}))
-        running.unlink(missing_ok=True)
-        echo(f"[{i}/{len(selected)}] {task.label}: finished in {seconds:.1f} s")
-        executed.append(item)
-    return executed
+    forced = set(forced_steps(recipe, force))
+    n = len(selected)
+    return [
+        run_task(recipe, task, task.step.name in forced, echo, f"[{i}/{n}] ")
+        for i, task in enumerate(selected, 1)
+    ]
