@@ -437,10 +437,7 @@ def execute(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m hpasc.pipeline.engine SPEC_JSON``: one task, for the local executor."""
-    import logging
-
     args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.WARNING)
     try:
         run_one(json.loads(args[0]))
     except HpascError as exc:
