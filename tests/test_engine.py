@@ -172,7 +172,7 @@ def test_gpus_and_cores_are_handed_out_within_the_budget(tmp_path, monkeypatch):
     )
     seen = tmp_path / "seen.jsonl"
 
-    def fake_start(recipe, node, cpus, gpus):  # a process that records what it was given
+    def fake_start(saved, node, cpus, gpus):  # a process that records what it was given
         code = (
             "import json, sys, time; t = time.time(); time.sleep(0.6); "
             f"open({str(seen)!r}, 'a').write(json.dumps([sys.argv[1], sys.argv[2], {cpus}, t, time.time()]) + '\\n')"

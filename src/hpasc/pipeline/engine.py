@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -30,13 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from hpasc.errors import ConfigError, HpascError
-from hpasc.io.atomic import atomic_write
+from hpasc.io.atomic import atomic_open, atomic_write
 from hpasc.pipeline.recipe import (
     PlanItem,
     Recipe,
     StepFailed,
     find_task,
-    load_recipe,
     plan,
     run_task,
     task_log,
@@ -215,25 +215,26 @@ class Board:
         return table
 
 
-def run_one(spec: dict[str, Any]) -> str:
+def run_one(recipe: Recipe | str, task: str, forced: bool) -> str:
     """Run one task in this process: what every local worker process and SLURM job does.
 
-    ``spec``: ``recipe``, ``data``, ``work`` (paths), ``task`` (its label), ``forced`` (bool).
+    ``recipe``: the loaded recipe, or the file :func:`save_recipe` wrote (loading the recipe
+    again would read every training config, seconds per task); ``task``: its label.
     Returns the task's status, ``run`` or ``done`` (it was finished already).
     """
-    recipe = load_recipe(spec["recipe"], data=spec["data"], work=spec["work"])
-    item = run_task(recipe, find_task(recipe, spec["task"]), bool(spec["forced"]))
-    return item.status
+    if not isinstance(recipe, Recipe):
+        with open(recipe, "rb") as fh:
+            recipe = pickle.load(fh)
+    return run_task(recipe, find_task(recipe, task), forced).status
 
 
-def _spec(recipe: Recipe, node: Node) -> dict[str, Any]:
-    return {
-        "recipe": str(recipe.path.resolve()),
-        "data": str(recipe.data),
-        "work": str(recipe.work),
-        "task": node.label,
-        "forced": node.item.status == "forced",
-    }
+def save_recipe(recipe: Recipe) -> Path:
+    """Write the loaded recipe where the local executor's processes read it."""
+    path = recipe.work / ".hpasc-run" / "recipe.pickle"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as fh:
+        pickle.dump(recipe, fh)
+    return path
 
 
 def block_dependents(nodes: list[Node], board: Board) -> None:
@@ -292,6 +293,7 @@ def _last_error(log: Path) -> str:
 def run_local(recipe: Recipe, nodes: list[Node], cores: int, gpus: list[str], board: Board) -> None:
     """Start each task whose needs are done as a process while it fits in ``cores`` and
     ``gpus``; a task asking for more than there is gets all of it."""
+    saved = save_recipe(recipe)
     free_cpus, free_gpus = cores, list(gpus)
     running: dict[str, tuple[Node, subprocess.Popen, int, list[str]]] = {}
     by_label = {n.label: n for n in nodes}
@@ -308,7 +310,7 @@ def run_local(recipe: Recipe, nodes: list[Node], cores: int, gpus: list[str], bo
                     continue
                 mine, free_gpus = free_gpus[:n_gpus], free_gpus[n_gpus:]
                 free_cpus -= cpus
-                running[node.label] = (node, _start(recipe, node, cpus, mine), cpus, mine)
+                running[node.label] = (node, _start(saved, node, cpus, mine), cpus, mine)
                 board.changed(node, "running")
             if not running:
                 break
@@ -331,7 +333,7 @@ def run_local(recipe: Recipe, nodes: list[Node], cores: int, gpus: list[str], bo
         raise
 
 
-def _start(recipe: Recipe, node: Node, cpus: int, gpus: list[str]) -> subprocess.Popen:
+def _start(saved: Path, node: Node, cpus: int, gpus: list[str]) -> subprocess.Popen:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(gpus))
     # one thread per granted core, unless the user chose (parallel tasks must not oversubscribe)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -339,7 +341,8 @@ def _start(recipe: Recipe, node: Node, cpus: int, gpus: list[str]) -> subprocess
     node.log.parent.mkdir(parents=True, exist_ok=True)
     with node.log.open("a") as out:  # the task's own log: its output and the tracebacks
         return subprocess.Popen(
-            [sys.executable, "-m", "hpasc.pipeline.engine", json.dumps(_spec(recipe, node))],
+            [sys.executable, "-m", "hpasc.pipeline.engine", str(saved), node.label]
+            + (["--forced"] if node.item.status == "forced" else []),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -419,7 +422,7 @@ def execute(
 
         options = slurm or SlurmOptions()
         with Board(recipe, nodes, executor, echo) as board:
-            jobs = submit(recipe, nodes, options, _spec, board)
+            jobs = submit(recipe, nodes, options, board)
             if options.detach:
                 for n in nodes:
                     echo(f"  {n.job_id:>10}  {n.label}")
@@ -436,10 +439,11 @@ def execute(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hpasc.pipeline.engine SPEC_JSON``: one task, for the local executor."""
+    """``python -m hpasc.pipeline.engine RECIPE_PICKLE TASK [--forced]``: one task, for the
+    local executor."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        run_one(json.loads(args[0]))
+        run_one(args[0], args[1], "--forced" in args[2:])
     except HpascError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

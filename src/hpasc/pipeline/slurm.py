@@ -13,7 +13,6 @@ system every node sees.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hpasc.errors import ConfigError, HpascError
@@ -56,7 +55,6 @@ def submit(
     recipe: Recipe,
     nodes: list[Node],
     options: SlurmOptions,
-    spec: Callable[[Recipe, Node], dict[str, Any]],
     board: Board,
 ) -> dict[str, Any]:
     """Submit every task, in recipe order (so a job's needs have ids before it), recording
@@ -78,7 +76,8 @@ def submit(
         deps = [by_label[d].job_id for d in node.deps]
         try:
             executor.update_parameters(**job_parameters(node, options, deps))
-            job = executor.submit(run_one, spec(recipe, node))
+            # the loaded recipe travels in the job's pickle: no job reads the YAML again
+            job = executor.submit(run_one, recipe, node.label, node.item.status == "forced")
         except ValueError as exc:
             raise ConfigError(f"--slurm-option: {str(exc).splitlines()[0]}") from exc
         except submitit.core.utils.FailedJobError as exc:
