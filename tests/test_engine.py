@@ -239,3 +239,32 @@ def test_cli_refuses_detach_without_slurm_and_slurm_without_srun(tmp_path, cli, 
     assert r.returncode == 2 and "SLURM login node" in r.stderr, r.stderr
     r = cli("run", recipe, "--work", tmp_path / "w", "--executor", "dask")
     assert r.returncode == 2 and "unknown (executors: local, slurm" in r.stderr
+
+
+def test_live_table_shows_each_tasks_state_time_and_log(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    r = _toy_recipe(
+        tmp_path,
+        "  - {name: a, kind: group}\n  - {name: b, kind: group, needs: [a]}\n"
+        "  - {name: c, kind: group}\n",
+    )
+    nodes = engine.task_graph(r)
+    lines: list[str] = []
+    board = engine.Board(r, nodes, "local", lines.append)
+    assert board._live is None  # stderr is no terminal here: lines instead of a live table
+    board.changed(nodes[0], "running")
+    board.changed(nodes[0], "failed", "boom")
+    engine.block_dependents(nodes, board)
+    out = io.StringIO()
+    Console(file=out, width=200).print(board._table())
+    table = out.getvalue()
+    assert "1 pending, 1 failed, 1 blocked" in table
+    for label, state in (("a", "failed"), ("b", "blocked"), ("c", "pending")):
+        row = next(line for line in table.splitlines() if f" {label} " in line)
+        assert state in row and str(tmp_path / "w" / "logs" / f"{label}.log") in row
+    assert lines[-1] == "[2/3] b: not run: it needs 'a', which failed"
+    status = json.loads(engine.status_file(r).read_text())
+    assert [t["state"] for t in status["tasks"]] == ["failed", "blocked", "pending"]
