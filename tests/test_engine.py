@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from hpasc.errors import ConfigError
-from hpasc.pipeline import engine
+from hpasc.pipeline import engine, graph
 from hpasc.pipeline.recipe import load_recipe, run_recipe
 from hpasc.pipeline.resources import Resources
 from test_end_to_end import shrunken_demo
@@ -253,11 +253,11 @@ def test_live_table_shows_each_tasks_state_time_and_log(tmp_path):
     )
     nodes = engine.task_graph(r)
     lines: list[str] = []
-    board = engine.Board(r, nodes, "local", lines.append)
+    board = graph.Board(r, nodes, "local", lines.append)
     assert board._live is None  # stderr is no terminal here: lines instead of a live table
     board.changed(nodes[0], "running")
     board.changed(nodes[0], "failed", "boom")
-    engine.block_dependents(nodes, board)
+    graph.block_dependents(nodes, board)
     out = io.StringIO()
     Console(file=out, width=200).print(board._table())
     table = out.getvalue()

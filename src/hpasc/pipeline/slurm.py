@@ -12,16 +12,35 @@ system every node sees.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hpasc.errors import ConfigError, HpascError
 
 if TYPE_CHECKING:
-    from hpasc.pipeline.engine import Board, Node, SlurmOptions
+    from hpasc.pipeline.graph import Board, Node
     from hpasc.pipeline.recipe import Recipe
 
-__all__ = ["job_parameters", "submit", "watch"]
+__all__ = ["SlurmOptions", "job_parameters", "submit", "watch"]
+
+
+@dataclasses.dataclass
+class SlurmOptions:
+    """What the SLURM executor adds to every job: ``partition``, ``account`` and any other
+    ``sbatch`` option (``options``: name without dashes -> value; ``True`` for a flag)."""
+
+    partition: str | None = None
+    account: str | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    detach: bool = False
+    # seconds between two sacct calls while watching (HPASC_SLURM_POLL_S: tests poll faster)
+    poll_s: float = dataclasses.field(
+        default_factory=lambda: float(os.environ.get("HPASC_SLURM_POLL_S", "30"))
+    )
+
 
 _RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STAGE_OUT")
 _WAITING = ("PENDING", "REQUEUED", "RESIZING", "UNKNOWN", "READY", "PREEMPTED")
@@ -56,12 +75,12 @@ def submit(
     nodes: list[Node],
     options: SlurmOptions,
     board: Board,
+    run: Callable[..., Any],
 ) -> dict[str, Any]:
     """Submit every task, in recipe order (so a job's needs have ids before it), recording
-    each job id on its node. Returns the submitit jobs by task label."""
-    import submitit
-
-    from hpasc.pipeline.engine import run_one
+    each job id on its node; each job calls ``run(recipe, label, forced)``. Returns the
+    submitit jobs by task label."""
+    import submitit  # only this executor needs it: local task processes do not import it
 
     folder = recipe.work / ".hpasc-run" / "slurm" / "%j"
     by_label = {n.label: n for n in nodes}
@@ -77,7 +96,7 @@ def submit(
         try:
             executor.update_parameters(**job_parameters(node, options, deps))
             # the loaded recipe travels in the job's pickle: no job reads the YAML again
-            job = executor.submit(run_one, recipe, node.label, node.item.status == "forced")
+            job = executor.submit(run, recipe, node.label, node.item.status == "forced")
         except ValueError as exc:
             raise ConfigError(f"--slurm-option: {str(exc).splitlines()[0]}") from exc
         except submitit.core.utils.FailedJobError as exc:
