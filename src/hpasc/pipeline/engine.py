@@ -142,7 +142,10 @@ def run_local(recipe: Recipe, nodes: list[Node], cores: int, gpus: list[str], bo
         for _, proc, _, _ in running.values():
             proc.terminate()
         for _, proc, _, _ in running.values():
-            proc.wait()
+            try:  # Lightning finishes its batch on SIGTERM; a task that hangs is killed
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         raise
 
 
