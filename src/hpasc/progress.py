@@ -8,10 +8,11 @@ LiveError for a second live display on one console).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -65,3 +66,12 @@ def track(
         return
     with bar(transient=transient) as progress:
         yield from progress.track(items, total=total, description=description)
+
+
+def live_display(get_renderable: Callable[[], Any]) -> Live | None:
+    """A live display (e.g. a table of tasks) redrawn from ``get_renderable()`` on stderr, or
+    ``None`` when stderr is no terminal (then the caller prints lines instead)."""
+    console = Console(**CONSOLE_KWARGS)
+    if not console.is_terminal:
+        return None
+    return Live(console=console, refresh_per_second=2, get_renderable=get_renderable)

@@ -14,14 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from hpasc.io.atomic import atomic_write
 from hpasc.pipeline.recipe import PlanItem, Recipe, StepFailed, plan, task_log
 from hpasc.pipeline.resources import Resources
-from hpasc.progress import CONSOLE_KWARGS
+from hpasc.progress import live_display
 
 __all__ = [
     "STATES",
@@ -113,10 +111,7 @@ class Board:
         self.recipe, self.nodes, self.executor, self.echo = recipe, nodes, executor, echo
         self.path = status_file(recipe)
         self.started = time.time()
-        console = Console(**CONSOLE_KWARGS)
-        self._live = None
-        if console.is_terminal:
-            self._live = Live(console=console, refresh_per_second=2, get_renderable=self._table)
+        self._live = live_display(self._table)  # None when stderr is no terminal
 
     def __enter__(self) -> Board:
         self.write()
