@@ -49,7 +49,8 @@ GROUPS: dict[str, str] = {
 
 _RUN_EPILOG = (
     "Examples:  hpasc run configs/recipes/pfcell-2021.yaml --data /data/hpa --dry-run  |  "
-    "... --until prepared  |  ... --only cam-b2-768 --fold 3  |  ... --force ensemble.  "
+    "... --until prepared  |  ... --only cam-b2-768 --fold 3  |  ... --force ensemble  |  "
+    "... --executor slurm --slurm-partition gpu  |  ... --cores 16 --gpus 4.  "
     "Recipe format and step kinds: docs/recipes.md."
 )
 
@@ -103,7 +104,7 @@ COMMANDS: tuple[Command, ...] = (
         "run",
         None,
         _C + "run:run",
-        "Run a recipe (steps in dependency order).",
+        "Run a recipe's task graph (local processes or SLURM jobs).",
         {"epilog": _RUN_EPILOG},
     ),  # fmt: skip
     Command("demo", None, _C + "demo:demo", "Run the whole method on synthetic fields."),

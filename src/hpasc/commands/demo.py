@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+import time
+import warnings
 from pathlib import Path
 
 import typer
+
+from hpasc.config import config_search_path
+from hpasc.errors import InputError
+from hpasc.pipeline.engine import execute
+from hpasc.pipeline.recipe import load_recipe, run_recipe
 
 
 def demo(
@@ -22,15 +32,6 @@ def demo(
     ),
 ) -> None:
     """Run the demo: synthesise fields, segment, crop, train CAM + cell models, ensemble, submit, score, report."""
-    import json
-    import logging
-    import shutil
-    import time
-    import warnings
-
-    from hpasc.config import config_search_path
-    from hpasc.pipeline.engine import execute
-    from hpasc.pipeline.recipe import load_recipe, run_recipe
 
     if not verbose:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -45,8 +46,6 @@ def demo(
         None,
     )
     if recipe is None:
-        from hpasc.errors import InputError
-
         raise InputError(
             "the demo recipe recipes/demo.yaml is missing from hpasc's configs; reinstall hpasc"
         )

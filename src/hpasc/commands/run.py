@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from hpasc.pipeline.engine import SlurmOptions, execute
+from hpasc.pipeline.recipe import forced_steps, format_plan, load_recipe, plan, run_recipe
+
 
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML (e.g. configs/recipes/pfcell-2021.yaml)."),
@@ -59,7 +62,6 @@ def run(
     ),
 ) -> None:
     """Run a recipe: steps in dependency order, finished work skipped, failures name the step and log."""
-    from hpasc.pipeline.recipe import forced_steps, format_plan, load_recipe, plan, run_recipe
 
     r = load_recipe(recipe, data=data, work=work)
     if force:
@@ -79,8 +81,6 @@ def run(
         items = run_recipe(r, **select, echo=typer.echo)
         ran = sum(1 for it in items if it.status != "done")
     else:
-        from hpasc.pipeline.engine import SlurmOptions, execute
-
         slurm = SlurmOptions(
             slurm_partition, slurm_account, _sbatch_options(slurm_option or []), detach
         )
