@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from hpasc.classes import LabelTable
 from hpasc.errors import InputError
@@ -43,6 +42,10 @@ def make_folds(
             f"{labels.source or 'label table'}: {len(labels)} fields cannot fill {n_folds} folds"
         )
     folds = np.full(len(labels), -1, dtype=np.int64)
+    # iterative-stratification loads scikit-learn (about 1 s): only the folds step needs it, not
+    # every recipe task process that imports the step kinds
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, valid) in enumerate(splitter.split(np.zeros(len(labels)), labels.y)):
         folds[valid] = k

@@ -45,10 +45,6 @@ from hpasc.io.atomic import atomic_open, atomic_write
 from hpasc.io.runs import find_fold_dirs
 from hpasc.metric import EvaluateOptions, evaluate
 from hpasc.options import from_mapping, path_keys, unknown_keys
-from hpasc.predict.base import write_predictions
-from hpasc.predict.cell_level import predict_cell_fields
-from hpasc.predict.image_level import predict_fields
-from hpasc.predict.oof import join_oof
 from hpasc.predict.options import PredictOptions
 from hpasc.prepare import CropOptions, ResizeOptions, crop_set, resize_set
 from hpasc.report import MANIFEST, build_report
@@ -346,6 +342,11 @@ def _list(value: Any) -> list[str]:
 @step_kind("oof", paths=("runs",))
 def oof_step(p: dict[str, Any], ctx: TaskContext) -> None:
     """runs: trained step folder(s) -> ${out}/cells.parquet (+ images.parquet): out-of-fold predictions"""
+    # torch and timm take seconds to import: only the prediction kinds load them, so that the
+    # task process of every other kind (one per task, see pipeline.engine) starts at once
+    from hpasc.predict.base import write_predictions
+    from hpasc.predict.oof import join_oof  # torch, as above
+
     p = _take(p, ctx, ("runs",), {})
     cells, images = join_oof(_list(p["runs"]))
     write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
@@ -385,6 +386,11 @@ def predict_image_level_step(
 ) -> None:
     """runs, images, masks, tta, upsample, precision, checkpoint, batch_size, num_workers, device
     (None: the runs' predict.*) -> ${out}/cells.parquet + images.parquet (mean of the folds)"""
+    # torch and timm take seconds to import: only the prediction kinds load them, so that the
+    # task process of every other kind (one per task, see pipeline.engine) starts at once
+    from hpasc.predict.base import write_predictions
+    from hpasc.predict.image_level import predict_fields  # torch, as above
+
     folds = find_fold_dirs(_list(own["runs"]))
     cells, images = predict_fields(folds, own["images"], own["masks"], options)
     write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
@@ -399,6 +405,11 @@ def predict_image_level_step(
 def predict_cell_level_step(own: dict[str, Any], options: PredictOptions, ctx: TaskContext) -> None:
     """runs, crops, tta, precision, checkpoint, batch_size, num_workers, device (None: the runs'
     predict.*) -> ${out}/cells.parquet (+ images.parquet; mean of the folds)"""
+    # torch and timm take seconds to import: only the prediction kinds load them, so that the
+    # task process of every other kind (one per task, see pipeline.engine) starts at once
+    from hpasc.predict.base import write_predictions
+    from hpasc.predict.cell_level import predict_cell_fields  # torch, as above
+
     cells, images = predict_cell_fields(find_fold_dirs(_list(own["runs"])), own["crops"], options)
     write_predictions(cells, images, ctx.out / "cells.parquet", ctx.out / "images.parquet")
 
