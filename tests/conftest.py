@@ -46,6 +46,21 @@ def cli():
 _MEASUREMENTS: list[str] = []
 
 
+def failing_recipe(folder: Path, independent_step: str) -> Path:
+    """A recipe whose ``folds`` step fails (too few labels for 3 folds), two steps that need it
+    (``after``, ``later``) and one that does not (``independent_step``, a YAML flow mapping)."""
+    (folder / "labels.csv").write_text("ID,Label\nf0,0\n")
+    recipe = folder / "r.yaml"
+    recipe.write_text(
+        "steps:\n"
+        "  - {name: folds, kind: folds, labels: '${data}/labels.csv', n_folds: 3}\n"
+        "  - {name: after, kind: group, needs: [folds]}\n"
+        "  - {name: later, kind: group, needs: [after]}\n"
+        f"  - {independent_step}\n"
+    )
+    return recipe
+
+
 @pytest.fixture
 def report_metric():
     """Record a measured number (e.g. segmentation F1) to print in the summary of every test run."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import failing_recipe
 from hpasc.errors import ConfigError
 from hpasc.pipeline import engine, graph
 from hpasc.pipeline.recipe import load_recipe, run_recipe
@@ -92,15 +93,7 @@ def test_local_runs_independent_tasks_in_parallel_with_the_sequential_outputs(
 
 
 def test_failed_task_names_its_log_and_what_could_not_run(tmp_path, cli):
-    (tmp_path / "labels.csv").write_text("ID,Label\nf0,0\n")  # too few rows for 3 folds
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "steps:\n"
-        "  - {name: folds, kind: folds, labels: '${data}/labels.csv', n_folds: 3}\n"
-        "  - {name: after, kind: group, needs: [folds]}\n"
-        "  - {name: later, kind: group, needs: [after]}\n"
-        "  - {name: fields, kind: synth, n_images: 1, size: 128}\n"
-    )
+    recipe = failing_recipe(tmp_path, "{name: fields, kind: synth, n_images: 1, size: 128}")
     work = tmp_path / "w"
     r = cli("run", recipe, "--data", tmp_path, "--work", work)
     assert r.returncode == 2, r.stdout + r.stderr

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import failing_recipe
 from fake_slurm import install, read_submissions
 from hpasc.pipeline.recipe import load_recipe, plan
 from test_end_to_end import shrunken_demo
@@ -115,15 +116,7 @@ def test_a_failed_job_names_its_log_and_cancels_what_needs_it(
     fake_slurm, tmp_path, cli, monkeypatch
 ):
     monkeypatch.setenv("FAKE_SLURM_RUN", "1")
-    (tmp_path / "labels.csv").write_text("ID,Label\nf0,0\n")  # too few rows for 3 folds
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "steps:\n"
-        "  - {name: folds, kind: folds, labels: '${data}/labels.csv', n_folds: 3}\n"
-        "  - {name: after, kind: group, needs: [folds]}\n"
-        "  - {name: later, kind: group, needs: [after]}\n"
-        "  - {name: other, kind: group}\n"
-    )
+    recipe = failing_recipe(tmp_path, "{name: other, kind: group}")
     r = cli("run", recipe, "--data", tmp_path, "--work", tmp_path / "w", "--executor", "slurm")
     assert r.returncode == 2, r.stdout + r.stderr
     err = r.stderr.strip()
